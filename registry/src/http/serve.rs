@@ -1,0 +1,72 @@
+//! The accept loop shared by the client and peer listeners.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// The response body type of every berth HTTP server.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Serves HTTP/1.1 (and h2c) on `listener` until `shutdown` fires, then gives open
+/// connections a moment to finish.
+pub async fn serve<F, Fut>(listener: TcpListener, kind: &'static str, handler: F, shutdown: CancellationToken)
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let local = listener.local_addr().ok();
+    let span = tracing::info_span!("listener", kind, addr = ?local);
+    async move {
+        tracing::info!("listening");
+        let graceful = GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let handler = handler.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req, peer).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(
+                async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                .instrument(tracing::debug_span!("conn", %peer)),
+            );
+        }
+        drop(listener);
+        // Long-poll watches never finish on their own: give the rest a short grace period.
+        let _ = tokio::time::timeout(Duration::from_millis(500), graceful.shutdown()).await;
+        tracing::info!("stopped");
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,562 @@
+//! A running registry member: Raft, the state machine, peer client, and the operations the
+//! HTTP layers call (writes and quorum reads routed to the leader, membership changes).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{member_id, ClusterState, Config};
+use crate::error::Error;
+use crate::raft::log_store::{LogStore, CF_LOGS, CF_META};
+use crate::raft::network::{NetworkFactory, PeerClient, PeerError};
+use crate::raft::state_machine::{Shared, StateMachine, CF_SM};
+use crate::raft::{Applied, Member, NodeId, Proposal, Raft};
+use crate::stats::PeerCounters;
+use crate::v2::{self, KeyRequest};
+
+/// How long a client request waits for a leader before failing (etcd: ~5 s plus election).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// A request that must run on the leader. Followers forward it over the peer URL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderRequest {
+    Key(KeyRequest),
+    QuorumGet(KeyRequest),
+    MemberAdd { peer_urls: Vec<String> },
+    MemberRemove { id: NodeId },
+    MemberUpdate { id: NodeId, peer_urls: Vec<String> },
+    Attributes { id: NodeId, name: String, client_urls: Vec<String> },
+}
+
+/// The leader's answer to a forwarded request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderReply {
+    Done(Applied),
+    /// The receiver is not the leader (nothing was proposed): ask again.
+    NotLeader,
+}
+
+/// What a joining member learns from the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub cluster_id: u64,
+    pub members: Vec<MemberInfo>,
+}
+
+/// One member as `/v2/members` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// The identity written to the data dir on first start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Identity {
+    id: NodeId,
+    cluster_id: u64,
+}
+
+const KEY_IDENTITY: &[u8] = b"identity";
+
+/// A registry member.
+pub struct Node {
+    pub id: NodeId,
+    pub name: String,
+    pub cluster_id: u64,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub peers: PeerClient,
+    pub counters: Arc<PeerCounters>,
+    pub client_urls: Vec<String>,
+    pub max_request_bytes: usize,
+    pub start_time: SystemTime,
+    token: String,
+}
+
+/// Wall-clock time in unix nanoseconds.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn open_db(path: &Path) -> Result<Arc<DB>, Error> {
+    std::fs::create_dir_all(path)?;
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [CF_LOGS, CF_META, CF_SM].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+    DB::open_cf_descriptors(&opts, path, cfs)
+        .map(Arc::new)
+        .map_err(|source| Error::DataDir {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+fn raft_err<E: std::fmt::Display>(e: E) -> Error {
+    Error::Raft(e.to_string())
+}
+
+impl Node {
+    /// Opens the data dir, starts Raft, and bootstraps or joins as the config says.
+    pub async fn start(config: &Config) -> Result<Arc<Node>, Error> {
+        config.validate()?;
+        let db = open_db(&config.data_dir.join("db"))?;
+        let peers = PeerClient::new();
+        let identity = Self::identity(&db, config, &peers).await?;
+
+        let (sm, shared) = StateMachine::open(db.clone()).map_err(raft_err)?;
+        let log = LogStore::new(db.clone());
+        let counters = Arc::new(PeerCounters::default());
+        let network = NetworkFactory::new(peers.clone(), counters.clone());
+        let raft_config = openraft::Config {
+            cluster_name: config.initial_cluster_token.clone(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_ms,
+            election_timeout_max: config.election_ms * 2,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: 1000,
+            max_payload_entries: 1000,
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);
+        let raft = Raft::new(identity.id, raft_config, network, log, sm)
+            .await
+            .map_err(raft_err)?;
+
+        if config.initial_cluster_state == ClusterState::New && !raft.is_initialized().await.map_err(raft_err)? {
+            let members: BTreeMap<NodeId, Member> = config
+                .initial_cluster
+                .iter()
+                .map(|(name, urls)| {
+                    (
+                        member_id(urls, &config.initial_cluster_token, None),
+                        Member {
+                            name: name.clone(),
+                            peer_urls: urls.clone(),
+                        },
+                    )
+                })
+                .collect();
+            // Every founding member initialises with the same membership: openraft accepts
+            // that, and whichever wins the first election replicates it.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "initialize skipped");
+            }
+        }
+
+        Ok(Arc::new(Node {
+            id: identity.id,
+            name: config.name.clone(),
+            cluster_id: identity.cluster_id,
+            raft,
+            shared,
+            peers,
+            counters,
+            client_urls: config.advertise_client_urls.clone(),
+            max_request_bytes: config.max_request_bytes,
+            start_time: SystemTime::now(),
+            token: config.initial_cluster_token.clone(),
+        }))
+    }
+
+    /// Reads this member's identity from disk, or establishes it: computed for a new cluster,
+    /// learned from the running members when joining an existing one.
+    async fn identity(db: &DB, config: &Config, peers: &PeerClient) -> Result<Identity, Error> {
+        let cf = db.cf_handle(CF_META).expect("column family created at open");
+        if let Some(bytes) = db.get_cf(cf, KEY_IDENTITY).map_err(|e| Error::Storage(e.to_string()))? {
+            let id: Identity = serde_json::from_slice(&bytes).map_err(|e| Error::Storage(e.to_string()))?;
+            return Ok(id);
+        }
+        let identity = match config.initial_cluster_state {
+            ClusterState::New => Identity {
+                id: config.member_id(),
+                cluster_id: config.cluster_id(),
+            },
+            ClusterState::Existing => Self::learn_identity(config, peers).await?,
+        };
+        let bytes = serde_json::to_vec(&identity).expect("identity serialises");
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        db.put_cf_opt(cf, KEY_IDENTITY, bytes, &opts)
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(identity)
+    }
+
+    async fn learn_identity(config: &Config, peers: &PeerClient) -> Result<Identity, Error> {
+        let mut last_err = String::from("no other member in --initial-cluster");
+        for (name, urls) in &config.initial_cluster {
+            if *name == config.name {
+                continue;
+            }
+            for url in urls {
+                let info: Result<ClusterInfo, PeerError> = peers
+                    .request(
+                        hyper::Method::GET,
+                        &format!("{url}/raft/cluster"),
+                        None,
+                        Vec::new(),
+                        Duration::from_secs(3),
+                    )
+                    .await
+                    .and_then(|b| {
+                        serde_json::from_slice(&b).map_err(|e| PeerError::Decode {
+                            url: url.clone(),
+                            reason: e.to_string(),
+                        })
+                    });
+                match info {
+                    Ok(info) => {
+                        let mine: BTreeSet<&String> = config.advertise_peer_urls.iter().collect();
+                        return info
+                            .members
+                            .iter()
+                            .find(|m| m.peer_urls.iter().any(|u| mine.contains(u)))
+                            .map(|m| Identity {
+                                id: m.id,
+                                cluster_id: info.cluster_id,
+                            })
+                            .ok_or_else(|| {
+                                Error::Join(format!(
+                                    "no member with peer URL {} in the cluster; add it first with `berth ctl member add {} {}`",
+                                    config.advertise_peer_urls.join(","),
+                                    config.name,
+                                    config.advertise_peer_urls.join(",")
+                                ))
+                            });
+                    }
+                    Err(e) => last_err = e.to_string(),
+                }
+            }
+        }
+        Err(Error::Join(format!(
+            "could not reach any member of --initial-cluster ({last_err})"
+        )))
+    }
+
+    /// The current leader, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// (applied index, term) for X-Raft-Index and X-Raft-Term.
+    pub fn raft_position(&self) -> (u64, u64) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.last_applied.map(|l| l.index).unwrap_or(0), m.current_term)
+    }
+
+    /// Members as `/v2/members` lists them: the Raft membership joined with the attributes.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let attrs = self.shared.lock().attributes.clone();
+        let mut out: Vec<MemberInfo> = membership
+            .membership()
+            .nodes()
+            .map(|(id, node)| {
+                let a = attrs.get(id);
+                MemberInfo {
+                    id: *id,
+                    name: a.map(|a| a.name.clone()).unwrap_or_else(|| node.name.clone()),
+                    peer_urls: node.peer_urls.clone(),
+                    client_urls: a.map(|a| a.client_urls.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|m| m.id);
+        out
+    }
+
+    /// Runs `req` on the leader, forwarding it there if this member is not the leader, and
+    /// waiting out elections up to the request timeout.
+    pub async fn submit(&self, req: LeaderRequest) -> Applied {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let leader = metrics.borrow().current_leader;
+            if let Some(leader) = leader {
+                let reply = if leader == self.id {
+                    Ok(self.execute(&req).await)
+                } else {
+                    self.forward(leader, &req).await
+                };
+                match reply {
+                    Ok(LeaderReply::Done(applied)) => return applied,
+                    Ok(LeaderReply::NotLeader) => {}
+                    Err(PeerError::Unreachable { .. }) => {}
+                    Err(e) => {
+                        // The request may have been applied; do not retry a non-idempotent write.
+                        tracing::warn!(error = %e, "forwarding to the leader failed");
+                        return etcd_timeout();
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return etcd_timeout();
+            }
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(wait, metrics.changed()).await;
+        }
+    }
+
+    async fn forward(&self, leader: NodeId, req: &LeaderRequest) -> Result<LeaderReply, PeerError> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let Some(node) = membership.membership().get_node(&leader).cloned() else {
+            return Ok(LeaderReply::NotLeader);
+        };
+        let Some(base) = node.peer_urls.first() else {
+            return Ok(LeaderReply::NotLeader);
+        };
+        self.peers
+            .call(&format!("{base}/raft/forward"), req, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// Executes a leader request here. Answers `NotLeader` without side effects when this
+    /// member turns out not to be the leader.
+    pub async fn execute(&self, req: &LeaderRequest) -> LeaderReply {
+        match req {
+            LeaderRequest::Key(key) => {
+                let cmd = v2::Command::Key {
+                    req: key.clone(),
+                    now: now_ns(),
+                };
+                self.propose(Proposal::V2(cmd)).await
+            }
+            LeaderRequest::QuorumGet(key) => match self.raft.ensure_linearizable().await {
+                Ok(read_log_id) => {
+                    if let Some(l) = read_log_id {
+                        self.shared.wait_applied(l.index).await;
+                    }
+                    LeaderReply::Done(self.local_get(key))
+                }
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => {
+                    LeaderReply::NotLeader
+                }
+                Err(e) => LeaderReply::Done(raft_internal(&e.to_string())),
+            },
+            LeaderRequest::Attributes { id, name, client_urls } => {
+                self.propose(Proposal::Attributes {
+                    id: *id,
+                    name: name.clone(),
+                    client_urls: client_urls.clone(),
+                })
+                .await
+            }
+            LeaderRequest::MemberAdd { peer_urls } => self.member_add(peer_urls).await,
+            LeaderRequest::MemberRemove { id } => self.member_remove(*id).await,
+            LeaderRequest::MemberUpdate { id, peer_urls } => self.member_update(*id, peer_urls).await,
+        }
+    }
+
+    async fn propose(&self, proposal: Proposal) -> LeaderReply {
+        match self.raft.client_write(proposal).await {
+            Ok(resp) => LeaderReply::Done(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => LeaderReply::NotLeader,
+            Err(e) => LeaderReply::Done(raft_internal(&e.to_string())),
+        }
+    }
+
+    /// A local (possibly stale) read, as etcd serves GETs without `quorum=true`.
+    pub fn local_get(&self, req: &KeyRequest) -> Applied {
+        let result = {
+            let mut state = self.shared.lock();
+            let result = state.store.get(&req.path, req.recursive, req.sorted, now_ns());
+            state.store.count_get(result.is_ok());
+            result
+        };
+        match result {
+            Ok(event) => crate::http::render_event(&event, false),
+            Err(err) => crate::http::render_error(&err),
+        }
+    }
+
+    async fn member_add(&self, peer_urls: &[String]) -> LeaderReply {
+        let existing = self.members();
+        if existing
+            .iter()
+            .any(|m| m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+        {
+            return LeaderReply::Done(member_error(409, "etcdserver: peerURL exists"));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let id = member_id(peer_urls, &self.token, Some(now));
+        let member = Member {
+            name: String::new(),
+            peer_urls: peer_urls.to_vec(),
+        };
+        let mut add = BTreeMap::new();
+        add.insert(id, member);
+        match self.raft.change_membership(ChangeMembers::AddVoters(add), false).await {
+            Ok(_) => {
+                let info = MemberInfo {
+                    id,
+                    name: String::new(),
+                    peer_urls: peer_urls.to_vec(),
+                    client_urls: Vec::new(),
+                };
+                LeaderReply::Done(Applied {
+                    status: 201,
+                    etcd_index: 0,
+                    body: crate::http::member_json(&info),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => LeaderReply::NotLeader,
+            Err(e) => LeaderReply::Done(member_error(500, &format!("etcdserver: {e}"))),
+        }
+    }
+
+    async fn member_remove(&self, id: NodeId) -> LeaderReply {
+        if !self.members().iter().any(|m| m.id == id) {
+            return LeaderReply::Done(member_error(404, &format!("Member not found: {id:x}")));
+        }
+        let mut ids = BTreeSet::new();
+        ids.insert(id);
+        match self.raft.change_membership(ChangeMembers::RemoveVoters(ids), false).await {
+            Ok(_) => LeaderReply::Done(Applied {
+                status: 204,
+                etcd_index: 0,
+                body: Vec::new(),
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => LeaderReply::NotLeader,
+            Err(e) => LeaderReply::Done(member_error(500, &format!("etcdserver: {e}"))),
+        }
+    }
+
+    async fn member_update(&self, id: NodeId, peer_urls: &[String]) -> LeaderReply {
+        let members = self.members();
+        let Some(current) = members.iter().find(|m| m.id == id) else {
+            return LeaderReply::Done(member_error(404, &format!("Member not found: {id:x}")));
+        };
+        if members
+            .iter()
+            .any(|m| m.id != id && m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+        {
+            return LeaderReply::Done(member_error(409, "etcdserver: peerURL exists"));
+        }
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            id,
+            Member {
+                name: current.name.clone(),
+                peer_urls: peer_urls.to_vec(),
+            },
+        );
+        match self.raft.change_membership(ChangeMembers::SetNodes(nodes), false).await {
+            Ok(_) => LeaderReply::Done(Applied {
+                status: 204,
+                etcd_index: 0,
+                body: Vec::new(),
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => LeaderReply::NotLeader,
+            Err(e) => LeaderReply::Done(member_error(500, &format!("etcdserver: {e}"))),
+        }
+    }
+
+    /// Background duties: publish this member's attributes, expire TTL keys while leader,
+    /// and notice removal from the cluster. Returns when `shutdown` fires.
+    pub async fn run_background(self: Arc<Self>, shutdown: CancellationToken) {
+        let publish = {
+            let node = self.clone();
+            let shutdown = shutdown.clone();
+            async move { node.publish_attributes(shutdown).await }
+        };
+        let expire = {
+            let node = self.clone();
+            let shutdown = shutdown.clone();
+            async move { node.expire_loop(shutdown).await }
+        };
+        tokio::join!(publish, expire);
+    }
+
+    async fn publish_attributes(&self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let current = self.shared.lock().attributes.get(&self.id).cloned();
+            let wanted = crate::raft::state_machine::Attributes {
+                name: self.name.clone(),
+                client_urls: self.client_urls.clone(),
+            };
+            if current.as_ref() == Some(&wanted) {
+                return;
+            }
+            let applied = self
+                .submit(LeaderRequest::Attributes {
+                    id: self.id,
+                    name: wanted.name.clone(),
+                    client_urls: wanted.client_urls.clone(),
+                })
+                .await;
+            if applied.status == 0 || applied.status == 200 {
+                // Applied: loop once more to confirm the state now holds it.
+                backoff = Duration::from_millis(100);
+            } else {
+                tracing::debug!(status = applied.status, "publishing member attributes failed, retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// While leader, proposes `Expire` with the leader's clock whenever a key's TTL is due.
+    /// Replicas never expire keys on their own clock.
+    async fn expire_loop(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if !self.is_leader() {
+                continue;
+            }
+            let due = self.shared.lock().store.next_expiration();
+            let now = now_ns();
+            if matches!(due, Some(t) if t <= now) {
+                let _ = self.raft.client_write(Proposal::V2(v2::Command::Expire { now })).await;
+            }
+        }
+    }
+}
+
+fn etcd_timeout() -> Applied {
+    raft_internal("etcdserver: request timed out")
+}
+
+fn raft_internal(cause: &str) -> Applied {
+    let err = v2::V2Error::new(300, cause.to_string(), 0);
+    crate::http::render_error(&err)
+}
+
+fn member_error(status: u16, message: &str) -> Applied {
+    Applied {
+        status,
+        etcd_index: 0,
+        body: format!("{{\"message\":{}}}\n", serde_json::to_string(message).unwrap()).into_bytes(),
+    }
+}

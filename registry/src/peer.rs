@@ -1,0 +1,82 @@
+//! The peer listener: Raft RPCs, writes forwarded by followers, and cluster info for joiners.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use openraft::raft::InstallSnapshotRequest;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::http::{full, read_body, text, Body};
+use crate::node::{ClusterInfo, LeaderRequest, Node};
+use crate::raft::network::{SnapshotChunkHeader, SNAPSHOT_HEADER};
+
+/// Peer messages may carry snapshot chunks and batches of entries: allow more than clients.
+const PEER_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+fn ok_json<T: Serialize>(value: &T) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header("Content-Type", "application/json")
+        .body(full(serde_json::to_vec(value).expect("peer messages serialise")))
+        .expect("valid response")
+}
+
+async fn decode<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+    let body = read_body(req.into_body(), PEER_BODY_LIMIT)
+        .await
+        .map_err(|_| text(StatusCode::BAD_REQUEST, "unreadable peer request body"))?;
+    serde_json::from_slice(&body).map_err(|e| text(StatusCode::BAD_REQUEST, &format!("bad peer message: {e}")))
+}
+
+/// Routes one peer request.
+pub async fn handle(node: Arc<Node>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::POST, "/raft/append") => {
+            node.counters.recv_append.fetch_add(1, Ordering::Relaxed);
+            match decode(req).await {
+                Ok(rpc) => ok_json(&node.raft.append_entries(rpc).await),
+                Err(r) => r,
+            }
+        }
+        (Method::POST, "/raft/vote") => match decode(req).await {
+            Ok(rpc) => ok_json(&node.raft.vote(rpc).await),
+            Err(r) => r,
+        },
+        (Method::POST, "/raft/snapshot") => {
+            let header: Option<SnapshotChunkHeader> = req
+                .headers()
+                .get(SNAPSHOT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| serde_json::from_str(s).ok());
+            let Some(header) = header else {
+                return text(StatusCode::BAD_REQUEST, "missing or invalid snapshot header");
+            };
+            let data = match read_body(req.into_body(), PEER_BODY_LIMIT).await {
+                Ok(b) => b.to_vec(),
+                Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable snapshot chunk"),
+            };
+            let rpc = InstallSnapshotRequest {
+                vote: header.vote,
+                meta: header.meta,
+                offset: header.offset,
+                data,
+                done: header.done,
+            };
+            ok_json(&node.raft.install_snapshot(rpc).await)
+        }
+        (Method::POST, "/raft/forward") => match decode::<LeaderRequest>(req).await {
+            Ok(lr) => ok_json(&node.execute(&lr).await),
+            Err(r) => r,
+        },
+        (Method::GET, "/raft/cluster") => ok_json(&ClusterInfo {
+            cluster_id: node.cluster_id,
+            members: node.members(),
+        }),
+        _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+    }
+}

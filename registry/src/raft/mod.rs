@@ -1,0 +1,75 @@
+//! Consensus: the openraft type configuration and the three pieces openraft drives.
+//!
+//! - [`log_store`]: the Raft log, vote, committed and last-purged ids in RocksDB, fsync'ed
+//!   before openraft is told an append is durable.
+//! - [`state_machine`]: the v2 [`Store`](crate::v2::Store) plus member attributes, applied
+//!   in log order; snapshots are persisted to RocksDB so a restart needs the disk alone.
+//! - [`network`]: the peer RPC client (HTTP/1.1 to each member's peer URL).
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::v2;
+
+/// A member's Raft id; shown in hex like etcd's member ids.
+pub type NodeId = u64;
+
+/// What openraft knows of a member: its name and peer URLs (client URLs are published
+/// separately, through [`Proposal::Attributes`], as etcd does).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.name, self.peer_urls.join(","))
+    }
+}
+
+/// One entry of the replicated log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Proposal {
+    /// A v2 keys-API write or expiry, stamped with the leader's clock.
+    V2(v2::Command),
+    /// A member publishes its name and client URLs.
+    Attributes {
+        id: NodeId,
+        name: String,
+        client_urls: Vec<String>,
+    },
+}
+
+/// The outcome of applying one entry: the HTTP answer to give the client, rendered by the
+/// state machine so that a forwarded write returns byte-for-byte what the leader produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub status: u16,
+    /// The store index after the write (X-Etcd-Index).
+    pub etcd_index: u64,
+    pub body: Vec<u8>,
+}
+
+openraft::declare_raft_types!(
+    /// berth's openraft configuration.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;

@@ -1,0 +1,263 @@
+//! The peer RPC client: openraft's messages as JSON over HTTP/1.1 to each member's peer URL.
+//!
+//! Every member serves the matching endpoints in [`crate::peer`]. Snapshot chunks travel as a
+//! raw body with the chunk's metadata in the `x-berth-snapshot` header, so large snapshots are
+//! not inflated by JSON-encoding bytes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{Member, NodeId, TypeConfig};
+use crate::stats::PeerCounters;
+
+/// Why a peer request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The request could not be delivered (connection refused, reset, DNS...).
+    #[error("peer {url} unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// The peer did not answer in time; the request may or may not have been processed.
+    #[error("peer {url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    /// The peer answered with an unexpected status.
+    #[error("peer {url} answered {status}: {body}")]
+    Status { url: String, status: u16, body: String },
+    /// The peer's answer could not be decoded.
+    #[error("peer {url} sent an undecodable answer: {reason}")]
+    Decode { url: String, reason: String },
+}
+
+/// A pooled HTTP client for peer traffic. Cheap to clone.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for PeerClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PeerClient {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_millis(500)));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        PeerClient { http }
+    }
+
+    /// Sends one request and returns the body of a 200 answer.
+    pub async fn request(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        header: Option<(&str, String)>,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Bytes, PeerError> {
+        let mut builder = hyper::Request::builder().method(method).uri(url);
+        if let Some((name, value)) = header {
+            builder = builder.header(name, value);
+        }
+        let req = builder.body(Full::new(Bytes::from(body))).map_err(|e| PeerError::Unreachable {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let fut = async {
+            let resp = self.http.request(req).await.map_err(|e| PeerError::Unreachable {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| PeerError::Decode {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?
+                .to_bytes();
+            if status != 200 {
+                return Err(PeerError::Status {
+                    url: url.to_string(),
+                    status,
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                });
+            }
+            Ok(bytes)
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(PeerError::Timeout {
+                url: url.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// POSTs `req` as JSON and decodes a JSON answer.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        url: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let body = serde_json::to_vec(req).expect("peer messages serialise");
+        let bytes = self.request(hyper::Method::POST, url, None, body, timeout).await?;
+        serde_json::from_slice(&bytes).map_err(|e| PeerError::Decode {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Snapshot chunk metadata carried in the `x-berth-snapshot` header.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SnapshotChunkHeader {
+    pub vote: openraft::Vote<NodeId>,
+    pub meta: super::SnapshotMeta,
+    pub offset: u64,
+    pub done: bool,
+}
+
+pub(crate) const SNAPSHOT_HEADER: &str = "x-berth-snapshot";
+
+/// Creates a [`PeerNetwork`] per target member.
+pub struct NetworkFactory {
+    client: PeerClient,
+    counters: Arc<PeerCounters>,
+}
+
+impl NetworkFactory {
+    pub fn new(client: PeerClient, counters: Arc<PeerCounters>) -> Self {
+        NetworkFactory { client, counters }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerNetwork {
+        PeerNetwork {
+            target,
+            base: node.peer_urls.first().cloned().unwrap_or_default(),
+            client: self.client.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+/// The RPC client to one member.
+pub struct PeerNetwork {
+    target: NodeId,
+    base: String,
+    client: PeerClient,
+    counters: Arc<PeerCounters>,
+}
+
+fn to_rpc_error<E: std::error::Error>(target: NodeId, e: PeerError) -> RPCError<NodeId, Member, E> {
+    match e {
+        PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+        _ => {
+            let _ = target;
+            RPCError::Network(NetworkError::new(&e))
+        }
+    }
+}
+
+impl PeerNetwork {
+    async fn rpc<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let url = format!("{}{}", self.base, path);
+        let res: Result<Resp, E> = self
+            .client
+            .call(&url, req, option.hard_ttl())
+            .await
+            .map_err(|e| to_rpc_error(self.target, e))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let res = self.rpc("/raft/append", &rpc, &option).await;
+        let counter = if res.is_ok() {
+            &self.counters.send_append_ok
+        } else {
+            &self.counters.send_append_fail
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        res
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        let header = SnapshotChunkHeader {
+            vote: rpc.vote,
+            meta: rpc.meta,
+            offset: rpc.offset,
+            done: rpc.done,
+        };
+        let header = serde_json::to_string(&header).expect("snapshot header serialises");
+        let url = format!("{}/raft/snapshot", self.base);
+        let bytes = self
+            .client
+            .request(
+                hyper::Method::POST,
+                &url,
+                Some((SNAPSHOT_HEADER, header)),
+                rpc.data,
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(|e| to_rpc_error(self.target, e))?;
+        let res: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> =
+            serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.rpc("/raft/vote", &rpc, &option).await
+    }
+}

@@ -1,0 +1,75 @@
+//! Running a registry member: bound listeners in, a shutdown signal to stop.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::node::Node;
+
+/// Runs one registry member until `shutdown` fires.
+///
+/// The listeners are bound by the caller (tests bind port 0); `config` says what to advertise.
+pub async fn run(
+    config: Config,
+    client_listeners: Vec<TcpListener>,
+    peer_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    // The peer listener must answer before Raft starts, so founding members can vote.
+    let node_slot: Arc<tokio::sync::OnceCell<Arc<Node>>> = Arc::new(tokio::sync::OnceCell::new());
+    let peer_task = {
+        let slot = node_slot.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            crate::http::serve(
+                peer_listener,
+                "peer",
+                move |req, addr| {
+                    let slot = slot.clone();
+                    async move {
+                        match slot.get() {
+                            Some(node) => crate::peer::handle(node.clone(), req, addr).await,
+                            None => crate::http::text(hyper::StatusCode::SERVICE_UNAVAILABLE, "member starting"),
+                        }
+                    }
+                },
+                shutdown,
+            )
+            .await
+        })
+    };
+
+    let node = Node::start(&config).await?;
+    let _ = node_slot.set(node.clone());
+    tracing::info!(id = %format!("{:x}", node.id), name = %node.name, cluster = %format!("{:x}", node.cluster_id), "registry member started");
+
+    let mut tasks = vec![peer_task];
+    for listener in client_listeners {
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            crate::http::serve(
+                listener,
+                "client",
+                move |req, addr| crate::http::handle(node.clone(), req, addr),
+                shutdown,
+            )
+            .await
+        }));
+    }
+    let background = tokio::spawn(node.clone().run_background(shutdown.clone()));
+
+    shutdown.cancelled().await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = background.await;
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    tracing::info!("registry member stopped");
+    Ok(())
+}

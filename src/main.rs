@@ -1,0 +1,228 @@
+//! `berth`: the command line. It parses flags and calls the library crates; nothing else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use registry::config::{parse_http_url, parse_initial_cluster, parse_urls};
+use registry::{ClusterState, Config};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Service discovery and service plumbing for Docker hosts")]
+struct Cli {
+    /// Log filter (tracing's env-filter syntax, e.g. "info" or "registry=debug").
+    #[arg(long, global = true, env = "BERTH_LOG", default_value = "info,openraft=warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole stack on this host with defaults: a single-member registry on
+    /// 127.0.0.1:2379 with its data in ./berth-data.
+    Up(UpArgs),
+    /// Run a registry member (etcd v2 API; etcd's flag names).
+    Registry(RegistryArgs),
+    /// Talk to the registry like etcdctl (v2): mk, get, ls, watch, member, ...
+    Ctl(registry::ctl::CtlArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Where the registry keeps its data.
+    #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data")]
+    data_dir: PathBuf,
+    /// Client URL of the registry.
+    #[arg(long, env = "BERTH_CLIENT_URL", default_value = "http://127.0.0.1:2379")]
+    client_url: String,
+    /// Peer URL of the registry.
+    #[arg(long, env = "BERTH_PEER_URL", default_value = "http://127.0.0.1:2380")]
+    peer_url: String,
+}
+
+#[derive(Args)]
+struct RegistryArgs {
+    /// Human-readable name for this member.
+    #[arg(long, env = "BERTH_NAME", default_value = "default")]
+    name: String,
+    /// Path to the data directory (default: <name>.berth).
+    #[arg(long, env = "BERTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic.
+    #[arg(long, env = "BERTH_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    listen_client_urls: String,
+    /// Client URLs advertised to the cluster (default: the listen URLs).
+    #[arg(long, env = "BERTH_ADVERTISE_CLIENT_URLS")]
+    advertise_client_urls: Option<String>,
+    /// URL to listen on for peer traffic.
+    #[arg(long, env = "BERTH_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    listen_peer_urls: String,
+    /// Peer URLs advertised to the cluster (default: the listen URL).
+    #[arg(long, env = "BERTH_INITIAL_ADVERTISE_PEER_URLS")]
+    initial_advertise_peer_urls: Option<String>,
+    /// Initial cluster configuration, NAME=PEER_URL,... (default: this member alone).
+    #[arg(long, env = "BERTH_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// "new" to bootstrap a cluster, "existing" to join one (after `berth ctl member add`).
+    #[arg(long, env = "BERTH_INITIAL_CLUSTER_STATE", default_value = "new")]
+    initial_cluster_state: String,
+    /// Token that distinguishes clusters bootstrapped with the same URLs.
+    #[arg(long, env = "BERTH_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    initial_cluster_token: String,
+    /// Applied entries between snapshots.
+    #[arg(long, env = "BERTH_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    snapshot_count: u64,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, env = "BERTH_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Election timeout in milliseconds.
+    #[arg(long, env = "BERTH_ELECTION_TIMEOUT", default_value_t = 1000)]
+    election_timeout: u64,
+    /// Largest client request body in bytes.
+    #[arg(long, env = "BERTH_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    max_request_bytes: usize,
+    /// Accepted for etcd command-line compatibility; the v2 API is always on.
+    #[arg(long, hide = true)]
+    enable_v2: bool,
+}
+
+impl RegistryArgs {
+    fn config(&self) -> Result<(Config, Vec<SocketAddr>, SocketAddr)> {
+        let listen_client = parse_urls("--listen-client-urls", &self.listen_client_urls)?;
+        let listen_peer = parse_urls("--listen-peer-urls", &self.listen_peer_urls)?;
+        let advertise_client = match &self.advertise_client_urls {
+            Some(s) => parse_urls("--advertise-client-urls", s)?,
+            None => listen_client.clone(),
+        };
+        let advertise_peer = match &self.initial_advertise_peer_urls {
+            Some(s) => parse_urls("--initial-advertise-peer-urls", s)?,
+            None => listen_peer.clone(),
+        };
+        let initial_cluster = match &self.initial_cluster {
+            Some(s) => parse_initial_cluster(s)?,
+            None => parse_initial_cluster(&format!("{}={}", self.name, advertise_peer.join(&format!(",{}=", self.name))))?,
+        };
+        let state: ClusterState = self.initial_cluster_state.parse()?;
+        let config = Config {
+            name: self.name.clone(),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.berth", self.name))),
+            advertise_client_urls: advertise_client,
+            advertise_peer_urls: advertise_peer,
+            initial_cluster,
+            initial_cluster_state: state,
+            initial_cluster_token: self.initial_cluster_token.clone(),
+            snapshot_count: self.snapshot_count,
+            max_request_bytes: self.max_request_bytes,
+            heartbeat_ms: self.heartbeat_interval,
+            election_ms: self.election_timeout,
+        };
+        config.validate()?;
+        let client_addrs = listen_client
+            .iter()
+            .map(|u| socket_addr(u))
+            .collect::<Result<Vec<_>>>()?;
+        let peer_addr = socket_addr(&listen_peer[0])?;
+        Ok((config, client_addrs, peer_addr))
+    }
+}
+
+fn socket_addr(url: &str) -> Result<SocketAddr> {
+    let hostport = parse_http_url(url)?;
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    hostport
+        .parse()
+        .with_context(|| format!("{url}: listen URLs need an IP address (e.g. http://127.0.0.1:2379)"))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for {what} on {addr}: is another berth or etcd running there? Pick another port with the flag.")
+    })
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+async fn run_registry(config: Config, client_addrs: Vec<SocketAddr>, peer_addr: SocketAddr) -> Result<()> {
+    let mut clients = Vec::new();
+    for addr in client_addrs {
+        clients.push(bind(addr, "clients").await?);
+    }
+    let peer = bind(peer_addr, "peers").await?;
+    registry::run(config, clients, peer, shutdown_on_signal()).await?;
+    Ok(())
+}
+
+async fn real_main(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Registry(args) => {
+            let (config, clients, peer) = args.config()?;
+            run_registry(config, clients, peer).await?;
+        }
+        Command::Up(args) => {
+            let config = Config::single(
+                "berth",
+                args.data_dir.join("registry"),
+                &args.client_url,
+                &args.peer_url,
+            );
+            let client = socket_addr(&args.client_url)?;
+            let peer = socket_addr(&args.peer_url)?;
+            eprintln!("berth up: registry (etcd v2 API) on {}, data in {}", args.client_url, args.data_dir.display());
+            eprintln!("berth up: try `ETCDCTL_API=2 etcdctl --endpoints {} ls /` or `berth ctl ls /`; Ctrl-C stops", args.client_url);
+            run_registry(config, vec![client], peer).await?;
+        }
+        Command::Ctl(args) => {
+            let mut out = std::io::stdout();
+            if let Err(e) = registry::ctl::run(args, &mut out).await {
+                if let Some(msg) = e.report() {
+                    eprintln!("{msg}");
+                }
+                return Ok(ExitCode::from(e.exit_code() as u8));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Ctl(_));
+    let filter = if quiet { "warn".to_string() } else { cli.log.clone() };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(real_main(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

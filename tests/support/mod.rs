@@ -1,0 +1,60 @@
+//! Test fixtures shared by the integration suites: berth clusters as real processes on
+//! loopback ports, a reference etcd, an HTTP helper and polling assertions.
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod etcd;
+pub mod http;
+
+pub use cluster::{Cluster, MemberProc};
+pub use etcd::Etcd;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// The berth binary built for this test run.
+pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Polls `f` until it returns `Some` or the deadline passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Asserts that a condition becomes true within a deadline.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($timeout:expr, $cond:expr, $($msg:tt)+) => {{
+        let ok = $crate::support::eventually($timeout, || if $cond { Some(()) } else { None }).is_some();
+        assert!(ok, $($msg)+);
+    }};
+}
+
+/// Whether the suite runs in CI, where a missing tool is a failure, never a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+}
+
+/// Finds a required external program; panics with an install hint when it is missing.
+pub fn require_tool(path: &str, package: &str) -> String {
+    if std::path::Path::new(path).exists() {
+        return path.to_string();
+    }
+    panic!("{path} is missing: install it with `apt-get install -y {package}` (or run scripts/setup)");
+}
