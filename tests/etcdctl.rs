@@ -93,7 +93,7 @@ fn seed_walkthrough_with_real_etcdctl() {
         marker.display()
     );
     let mut exec = ctl
-        .cmd(2, &["exec-watch", "/hello4", "--", "sh", "-c", &script])
+        .cmd(2, &["exec-watch", "--recursive", "/hello4", "--", "sh", "-c", &script])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -40,7 +40,7 @@ impl MemberProc {
             .args(["--initial-cluster-state", self.state])
             .args(["--initial-cluster-token", token])
             .args(extra)
-            .env("BERTH_LOG", "info")
+            .env("BERTH_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,6 +1,6 @@
 //! Test fixtures shared by the integration suites: berth clusters as real processes on
 //! loopback ports, a reference etcd, an HTTP helper and polling assertions.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod cluster;
 pub mod etcd;
