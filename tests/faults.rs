@@ -188,7 +188,8 @@ fn member_far_behind_catches_up_by_snapshot() {
 #[test]
 fn add_and_remove_members_under_load_without_failed_requests() {
     let mut cluster = Cluster::start(3);
-    let load = Load::start((0..3).map(|i| cluster.url(i).to_string()).collect(), 4, "members");
+    // Clients use members 1 and 2; member 3 is the one that will be removed.
+    let load = Load::start(vec![cluster.url(0).to_string(), cluster.url(1).to_string()], 4, "members");
     wait_for_acks(&load, 200);
 
     let added = cluster.add_member(0);
@@ -201,25 +202,33 @@ fn add_and_remove_members_under_load_without_failed_requests() {
     let before = load.acked();
     wait_for_acks(&load, before + 200);
 
-    // Remove a follower that the load is not using... the load uses members 0..3; remove
-    // member 2 only after the writers have moved on is not possible, so remove member 1's
-    // peer while it keeps serving: its in-flight requests are forwarded until it stops.
     let members = http::get(&format!("{}/v2/members", cluster.url(0))).unwrap().json();
-    let victim_peer = cluster.members[added].peer_url.clone();
+    assert_eq!(members["members"].as_array().unwrap().len(), 4, "{members}");
+    let victim_peer = cluster.members[2].peer_url.clone();
     let victim_id = members["members"]
         .as_array()
         .unwrap()
         .iter()
         .find(|m| m["peerURLs"][0] == victim_peer.as_str())
         .map(|m| m["id"].as_str().unwrap().to_string())
-        .expect("added member listed");
-    let r = http::send("DELETE", &format!("{}/v2/members/{victim_id}", cluster.url(0)), None).unwrap();
+        .expect("member 3 listed");
+    let r = http::send("DELETE", &format!("{}/v2/members/{victim_id}", cluster.url(1)), None).unwrap();
     assert_eq!(r.status, 204, "{}", r.body);
+    cluster.kill(2);
     let before = load.acked();
     wait_for_acks(&load, before + 200);
     let (acked, failed) = load.finish();
     assert!(failed.is_empty(), "{} requests failed, e.g. {:?}", failed.len(), &failed[..failed.len().min(5)]);
     let listed = http::get(&format!("{}/v2/members", cluster.url(1))).unwrap().json();
-    assert_eq!(listed["members"].as_array().unwrap().len(), 3, "{listed}");
-    assert_all_present(cluster.url(2), "members", &acked);
+    let peers: Vec<String> = listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["peerURLs"][0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(peers.len(), 3, "{listed}");
+    assert!(peers.contains(&cluster.members[added].peer_url), "{listed}");
+    assert!(!peers.contains(&victim_peer), "{listed}");
+    // The cluster of n1, n2 and the newcomer holds every acknowledged write.
+    assert_all_present(&url, "members", &acked);
 }
