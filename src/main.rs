@@ -12,10 +12,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Service discovery and service plumbing for Docker hosts")]
+#[command(
+    name = "berth",
+    version,
+    about = "Service discovery and service plumbing for Docker hosts"
+)]
 struct Cli {
     /// Log filter (tracing's env-filter syntax, e.g. "info" or "registry=debug").
-    #[arg(long, global = true, env = "BERTH_LOG", default_value = "info,openraft=warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_LOG",
+        default_value = "info,openraft=warn"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -38,7 +47,11 @@ struct UpArgs {
     #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data")]
     data_dir: PathBuf,
     /// Client URL of the registry.
-    #[arg(long, env = "BERTH_CLIENT_URL", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "BERTH_CLIENT_URL",
+        default_value = "http://127.0.0.1:2379"
+    )]
     client_url: String,
     /// Peer URL of the registry.
     #[arg(long, env = "BERTH_PEER_URL", default_value = "http://127.0.0.1:2380")]
@@ -54,13 +67,21 @@ struct RegistryArgs {
     #[arg(long, env = "BERTH_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// URLs to listen on for client traffic.
-    #[arg(long, env = "BERTH_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "BERTH_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     listen_client_urls: String,
     /// Client URLs advertised to the cluster (default: the listen URLs).
     #[arg(long, env = "BERTH_ADVERTISE_CLIENT_URLS")]
     advertise_client_urls: Option<String>,
     /// URL to listen on for peer traffic.
-    #[arg(long, env = "BERTH_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "BERTH_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
     listen_peer_urls: String,
     /// Peer URLs advertised to the cluster (default: the listen URL).
     #[arg(long, env = "BERTH_INITIAL_ADVERTISE_PEER_URLS")]
@@ -72,7 +93,11 @@ struct RegistryArgs {
     #[arg(long, env = "BERTH_INITIAL_CLUSTER_STATE", default_value = "new")]
     initial_cluster_state: String,
     /// Token that distinguishes clusters bootstrapped with the same URLs.
-    #[arg(long, env = "BERTH_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "BERTH_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     initial_cluster_token: String,
     /// Applied entries between snapshots.
     #[arg(long, env = "BERTH_SNAPSHOT_COUNT", default_value_t = 10_000)]
@@ -105,7 +130,11 @@ impl RegistryArgs {
         };
         let initial_cluster = match &self.initial_cluster {
             Some(s) => parse_initial_cluster(s)?,
-            None => parse_initial_cluster(&format!("{}={}", self.name, advertise_peer.join(&format!(",{}=", self.name))))?,
+            None => parse_initial_cluster(&format!(
+                "{}={}",
+                self.name,
+                advertise_peer.join(&format!(",{}=", self.name))
+            ))?,
         };
         let state: ClusterState = self.initial_cluster_state.parse()?;
         let config = Config {
@@ -137,9 +166,9 @@ impl RegistryArgs {
 fn socket_addr(url: &str) -> Result<SocketAddr> {
     let hostport = parse_http_url(url)?;
     let hostport = hostport.replace("localhost", "127.0.0.1");
-    hostport
-        .parse()
-        .with_context(|| format!("{url}: listen URLs need an IP address (e.g. http://127.0.0.1:2379)"))
+    hostport.parse().with_context(|| {
+        format!("{url}: listen URLs need an IP address (e.g. http://127.0.0.1:2379)")
+    })
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
@@ -152,7 +181,8 @@ fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -163,7 +193,11 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-async fn run_registry(config: Config, client_addrs: Vec<SocketAddr>, peer_addr: SocketAddr) -> Result<()> {
+async fn run_registry(
+    config: Config,
+    client_addrs: Vec<SocketAddr>,
+    peer_addr: SocketAddr,
+) -> Result<()> {
     let mut clients = Vec::new();
     for addr in client_addrs {
         clients.push(bind(addr, "clients").await?);
@@ -188,7 +222,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             );
             let client = socket_addr(&args.client_url)?;
             let peer = socket_addr(&args.peer_url)?;
-            eprintln!("berth up: registry (etcd v2 API) on {}, data in {}", args.client_url, args.data_dir.display());
+            eprintln!(
+                "berth up: registry (etcd v2 API) on {}, data in {}",
+                args.client_url,
+                args.data_dir.display()
+            );
             eprintln!("berth up: try `ETCDCTL_API=2 etcdctl --endpoints {} ls /` or `berth ctl ls /`; Ctrl-C stops", args.client_url);
             run_registry(config, vec![client], peer).await?;
         }
@@ -208,7 +246,11 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Ctl(_));
-    let filter = if quiet { "warn".to_string() } else { cli.log.clone() };
+    let filter = if quiet {
+        "warn".to_string()
+    } else {
+        cli.log.clone()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

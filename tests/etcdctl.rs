@@ -76,14 +76,26 @@ fn seed_walkthrough_with_real_etcdctl() {
     assert!(String::from_utf8_lossy(&gone.stderr).contains("100: Key not found (/hello2)"));
 
     // watch on member 0 is answered by a set on member 1.
-    let mut watcher = ctl.cmd(0, &["watch", "/hello3"]).stdout(Stdio::piped()).spawn().expect("watch");
+    let mut watcher = ctl
+        .cmd(0, &["watch", "/hello3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("watch");
     std::thread::sleep(Duration::from_millis(500));
-    let set_out = ctl.cmd(1, &["set", "/hello3", "from-member-2"]).output().expect("set");
+    let set_out = ctl
+        .cmd(1, &["set", "/hello3", "from-member-2"])
+        .output()
+        .expect("set");
     assert!(set_out.status.success());
     let status = wait_child(&mut watcher, Duration::from_secs(5));
     assert!(status, "watch did not return after the set");
     let mut watched = String::new();
-    watcher.stdout.take().unwrap().read_to_string(&mut watched).unwrap();
+    watcher
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut watched)
+        .unwrap();
     assert_eq!(watched, "from-member-2\n");
 
     // exec-watch runs a command per change with the event in its environment.
@@ -93,15 +105,33 @@ fn seed_walkthrough_with_real_etcdctl() {
         marker.display()
     );
     let mut exec = ctl
-        .cmd(2, &["exec-watch", "--recursive", "/hello4", "--", "sh", "-c", &script])
+        .cmd(
+            2,
+            &[
+                "exec-watch",
+                "--recursive",
+                "/hello4",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("exec-watch");
     std::thread::sleep(Duration::from_millis(500));
-    assert!(ctl.cmd(0, &["set", "/hello4", "one"]).output().unwrap().status.success());
+    assert!(ctl
+        .cmd(0, &["set", "/hello4", "one"])
+        .output()
+        .unwrap()
+        .status
+        .success());
     let seen = support::eventually(Duration::from_secs(5), || {
-        std::fs::read_to_string(&marker).ok().filter(|s| s.contains("set /hello4 one"))
+        std::fs::read_to_string(&marker)
+            .ok()
+            .filter(|s| s.contains("set /hello4 one"))
     });
     let _ = exec.kill();
     let _ = exec.wait();
@@ -113,26 +143,40 @@ fn seed_walkthrough_with_real_etcdctl() {
     assert_eq!(ctl.ok(&["mkdir", "/empty-dir"]), "");
     assert_eq!(ctl.ok(&["rmdir", "/empty-dir"]), "");
     let not_empty = ctl.run(&["rmdir", "/hello-dir"]);
-    assert!(String::from_utf8_lossy(&not_empty.stderr).contains("108: Directory not empty (/hello-dir)"));
+    assert!(String::from_utf8_lossy(&not_empty.stderr)
+        .contains("108: Directory not empty (/hello-dir)"));
 
     // setdir, update --ttl, updatedir --ttl.
     assert_eq!(ctl.ok(&["setdir", "/conf"]), "");
     assert_eq!(ctl.ok(&["set", "/conf/a", "1"]), "1\n");
     assert_eq!(ctl.ok(&["update", "/conf/a", "2", "--ttl", "100"]), "2\n");
     let ext = ctl.ok(&["-o", "extended", "get", "/conf/a"]);
-    assert!(ext.contains("TTL: 100") || ext.contains("TTL: 99"), "update --ttl not applied: {ext}");
+    assert!(
+        ext.contains("TTL: 100") || ext.contains("TTL: 99"),
+        "update --ttl not applied: {ext}"
+    );
     assert_eq!(ctl.ok(&["updatedir", "/conf", "--ttl", "200"]), "");
     let dir = ctl.ok(&["-o", "json", "get", "/conf/a"]);
     assert!(dir.contains("\"value\":\"2\""), "{dir}");
-    let raw = support::http::get(&cluster.key_url(0, "/conf")).unwrap().json();
+    let raw = support::http::get(&cluster.key_url(0, "/conf"))
+        .unwrap()
+        .json();
     let ttl = raw["node"]["ttl"].as_i64().unwrap();
-    assert!((198..=200).contains(&ttl), "updatedir --ttl not applied: {raw}");
+    assert!(
+        (198..=200).contains(&ttl),
+        "updatedir --ttl not applied: {raw}"
+    );
 
     // The sidekick's announcement.
     let value = r#"{ "host": "172.17.8.102", "port": 80 }"#;
-    assert_eq!(ctl.ok(&["set", "/services/web/nginx", value, "--ttl", "60"]), format!("{value}\n"));
+    assert_eq!(
+        ctl.ok(&["set", "/services/web/nginx", value, "--ttl", "60"]),
+        format!("{value}\n")
+    );
     for i in 0..3 {
-        let r = support::http::get(&cluster.key_url(i, "/services/web/nginx")).unwrap().json();
+        let r = support::http::get(&cluster.key_url(i, "/services/web/nginx"))
+            .unwrap()
+            .json();
         assert_eq!(r["node"]["value"], value, "member {i}");
         assert!(r["node"]["ttl"].as_i64().unwrap() > 55, "member {i}: {r}");
     }

@@ -37,11 +37,20 @@ impl Load {
                         let ep = &endpoints[(w + n) % endpoints.len()];
                         let key = format!("/{prefix}/w{w}-{n}");
                         let val = format!("v{n}");
-                        match http::send_with(&c, "PUT", &format!("{ep}/v2/keys{key}"), Some(&format!("value={val}"))) {
+                        match http::send_with(
+                            &c,
+                            "PUT",
+                            &format!("{ep}/v2/keys{key}"),
+                            Some(&format!("value={val}")),
+                        ) {
                             Ok(r) if r.status / 100 == 2 => {
                                 acked.lock().unwrap().insert(key, val);
                             }
-                            Ok(r) => failed.lock().unwrap().push(format!("{key} via {ep}: {} {}", r.status, r.body.trim())),
+                            Ok(r) => failed.lock().unwrap().push(format!(
+                                "{key} via {ep}: {} {}",
+                                r.status,
+                                r.body.trim()
+                            )),
                             Err(e) => failed.lock().unwrap().push(format!("{key} via {ep}: {e}")),
                         }
                         n += 1;
@@ -49,7 +58,12 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, acked, failed, threads }
+        Load {
+            stop,
+            acked,
+            failed,
+            threads,
+        }
     }
 
     fn acked(&self) -> usize {
@@ -70,14 +84,27 @@ impl Load {
 /// Reads every key under `/prefix` from `url` with a quorum read and checks all acked
 /// writes are there with their values.
 fn assert_all_present(url: &str, prefix: &str, acked: &BTreeMap<String, String>) {
-    let r = http::get(&format!("{url}/v2/keys/{prefix}?recursive=true&quorum=true")).unwrap();
+    let r = http::get(&format!(
+        "{url}/v2/keys/{prefix}?recursive=true&quorum=true"
+    ))
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let json = r.json();
     let mut present = BTreeMap::new();
-    for n in json["node"]["nodes"].as_array().cloned().unwrap_or_default() {
-        present.insert(n["key"].as_str().unwrap().to_string(), n["value"].as_str().unwrap().to_string());
+    for n in json["node"]["nodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        present.insert(
+            n["key"].as_str().unwrap().to_string(),
+            n["value"].as_str().unwrap().to_string(),
+        );
     }
-    let missing: Vec<&String> = acked.keys().filter(|k| present.get(*k) != acked.get(*k)).collect();
+    let missing: Vec<&String> = acked
+        .keys()
+        .filter(|k| present.get(*k) != acked.get(*k))
+        .collect();
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged writes missing on {url}, e.g. {:?}",
@@ -88,8 +115,13 @@ fn assert_all_present(url: &str, prefix: &str, acked: &BTreeMap<String, String>)
 }
 
 fn wait_for_acks(load: &Load, at_least: usize) {
-    let ok = support::eventually(Duration::from_secs(20), || (load.acked() >= at_least).then_some(()));
-    assert!(ok.is_some(), "load did not reach {at_least} acknowledged writes");
+    let ok = support::eventually(Duration::from_secs(20), || {
+        (load.acked() >= at_least).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "load did not reach {at_least} acknowledged writes"
+    );
 }
 
 #[test]
@@ -97,7 +129,11 @@ fn leader_kill_under_load_loses_nothing_and_fails_over_fast() {
     let mut cluster = Cluster::start_with(3, &["--election-timeout", "500"]);
     let leader = cluster.leader().expect("a leader");
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let load = Load::start((0..3).map(|i| cluster.url(i).to_string()).collect(), 4, "load");
+    let load = Load::start(
+        (0..3).map(|i| cluster.url(i).to_string()).collect(),
+        4,
+        "load",
+    );
     wait_for_acks(&load, 300);
 
     let killed_at = Instant::now();
@@ -105,12 +141,21 @@ fn leader_kill_under_load_loses_nothing_and_fails_over_fast() {
     // A new leader must serve writes within 2 s of the kill.
     let probe = http::client(Duration::from_secs(2));
     let first_write = support::eventually(Duration::from_secs(5), || {
-        let r = http::send_with(&probe, "PUT", &cluster.key_url(followers[0], "/probe"), Some("value=x")).ok()?;
+        let r = http::send_with(
+            &probe,
+            "PUT",
+            &cluster.key_url(followers[0], "/probe"),
+            Some("value=x"),
+        )
+        .ok()?;
         (r.status / 100 == 2).then(Instant::now)
     })
     .expect("no write succeeded within 5 s of killing the leader");
     let failover = first_write - killed_at;
-    assert!(failover <= Duration::from_secs(2), "failover took {failover:?}");
+    assert!(
+        failover <= Duration::from_secs(2),
+        "failover took {failover:?}"
+    );
 
     let before = load.acked();
     wait_for_acks(&load, before + 300);
@@ -126,7 +171,11 @@ fn leader_kill_under_load_loses_nothing_and_fails_over_fast() {
 #[test]
 fn whole_cluster_kill_and_restart_loses_nothing() {
     let mut cluster = Cluster::start(3);
-    let load = Load::start((0..3).map(|i| cluster.url(i).to_string()).collect(), 4, "crash");
+    let load = Load::start(
+        (0..3).map(|i| cluster.url(i).to_string()).collect(),
+        4,
+        "crash",
+    );
     wait_for_acks(&load, 500);
     // kill -9 everything while writes are in flight.
     for i in 0..3 {
@@ -149,7 +198,10 @@ fn member_far_behind_catches_up_by_snapshot() {
     let leader = cluster.leader().expect("a leader");
     let lagging = (0..3).find(|i| *i != leader).unwrap();
     cluster.kill(lagging);
-    let live: Vec<String> = (0..3).filter(|i| *i != lagging).map(|i| cluster.url(i).to_string()).collect();
+    let live: Vec<String> = (0..3)
+        .filter(|i| *i != lagging)
+        .map(|i| cluster.url(i).to_string())
+        .collect();
 
     // 20,000 writes while the member is down.
     let total = 20_000usize;
@@ -175,13 +227,21 @@ fn member_far_behind_catches_up_by_snapshot() {
     let url = cluster.url(lagging).to_string();
     let caught_up = support::eventually(Duration::from_secs(60), || {
         let r = http::get(&format!("{url}/v2/keys/bulk")).ok()?;
-        let n = r.json()["node"]["nodes"].as_array().map(|a| a.len()).unwrap_or(0);
+        let n = r.json()["node"]["nodes"]
+            .as_array()
+            .map(|a| a.len())
+            .unwrap_or(0);
         (n == total).then_some(())
     });
     assert!(caught_up.is_some(), "restarted member did not catch up");
     let log = std::fs::read_to_string(&cluster.members[lagging].log).unwrap();
-    assert!(log.contains("snapshot installed"), "member caught up without installing a snapshot");
-    let r = http::get(&format!("{url}/v2/keys/bulk/k19999")).unwrap().json();
+    assert!(
+        log.contains("snapshot installed"),
+        "member caught up without installing a snapshot"
+    );
+    let r = http::get(&format!("{url}/v2/keys/bulk/k19999"))
+        .unwrap()
+        .json();
     assert_eq!(r["node"]["value"], "19999");
 }
 
@@ -189,7 +249,11 @@ fn member_far_behind_catches_up_by_snapshot() {
 fn add_and_remove_members_under_load_without_failed_requests() {
     let mut cluster = Cluster::start(3);
     // Clients use members 1 and 2; member 3 is the one that will be removed.
-    let load = Load::start(vec![cluster.url(0).to_string(), cluster.url(1).to_string()], 4, "members");
+    let load = Load::start(
+        vec![cluster.url(0).to_string(), cluster.url(1).to_string()],
+        4,
+        "members",
+    );
     wait_for_acks(&load, 200);
 
     let added = cluster.add_member(0);
@@ -202,7 +266,9 @@ fn add_and_remove_members_under_load_without_failed_requests() {
     let before = load.acked();
     wait_for_acks(&load, before + 200);
 
-    let members = http::get(&format!("{}/v2/members", cluster.url(0))).unwrap().json();
+    let members = http::get(&format!("{}/v2/members", cluster.url(0)))
+        .unwrap()
+        .json();
     assert_eq!(members["members"].as_array().unwrap().len(), 4, "{members}");
     let victim_peer = cluster.members[2].peer_url.clone();
     let victim_id = members["members"]
@@ -212,14 +278,26 @@ fn add_and_remove_members_under_load_without_failed_requests() {
         .find(|m| m["peerURLs"][0] == victim_peer.as_str())
         .map(|m| m["id"].as_str().unwrap().to_string())
         .expect("member 3 listed");
-    let r = http::send("DELETE", &format!("{}/v2/members/{victim_id}", cluster.url(1)), None).unwrap();
+    let r = http::send(
+        "DELETE",
+        &format!("{}/v2/members/{victim_id}", cluster.url(1)),
+        None,
+    )
+    .unwrap();
     assert_eq!(r.status, 204, "{}", r.body);
     cluster.kill(2);
     let before = load.acked();
     wait_for_acks(&load, before + 200);
     let (acked, failed) = load.finish();
-    assert!(failed.is_empty(), "{} requests failed, e.g. {:?}", failed.len(), &failed[..failed.len().min(5)]);
-    let listed = http::get(&format!("{}/v2/members", cluster.url(1))).unwrap().json();
+    assert!(
+        failed.is_empty(),
+        "{} requests failed, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let listed = http::get(&format!("{}/v2/members", cluster.url(1)))
+        .unwrap()
+        .json();
     let peers: Vec<String> = listed["members"]
         .as_array()
         .unwrap()

@@ -92,7 +92,11 @@ impl Config {
         if self.name.is_empty() {
             return Err(ConfigError::Invalid("--name must not be empty".into()));
         }
-        for url in self.advertise_client_urls.iter().chain(&self.advertise_peer_urls) {
+        for url in self
+            .advertise_client_urls
+            .iter()
+            .chain(&self.advertise_peer_urls)
+        {
             parse_http_url(url)?;
         }
         if self.initial_cluster_state == ClusterState::New {
@@ -135,7 +139,9 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<String, Vec<String>>, C
             ))
         })?;
         parse_http_url(url)?;
-        out.entry(name.to_string()).or_default().push(url.to_string());
+        out.entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
     }
     if out.is_empty() {
         return Err(ConfigError::Invalid("--initial-cluster is empty".into()));
@@ -152,7 +158,9 @@ pub fn parse_urls(flag: &str, s: &str) -> Result<Vec<String>, ConfigError> {
         .map(|u| u.trim_end_matches('/').to_string())
         .collect();
     if urls.is_empty() {
-        return Err(ConfigError::Invalid(format!("{flag} needs at least one URL")));
+        return Err(ConfigError::Invalid(format!(
+            "{flag} needs at least one URL"
+        )));
     }
     for u in &urls {
         parse_http_url(u).map_err(|e| ConfigError::Invalid(format!("{flag}: {e}")))?;
@@ -162,7 +170,8 @@ pub fn parse_urls(flag: &str, s: &str) -> Result<Vec<String>, ConfigError> {
 
 /// Returns host:port of an `http://host:port` URL.
 pub fn parse_http_url(s: &str) -> Result<String, ConfigError> {
-    let url = url::Url::parse(s).map_err(|e| ConfigError::Invalid(format!("invalid URL {s:?}: {e}")))?;
+    let url =
+        url::Url::parse(s).map_err(|e| ConfigError::Invalid(format!("invalid URL {s:?}: {e}")))?;
     if url.scheme() != "http" {
         return Err(ConfigError::Invalid(format!(
             "URL {s:?}: only http:// is supported (TLS is not implemented yet)"
@@ -232,12 +241,20 @@ mod tests {
         let b = member_id(&["http://b:2".into(), "http://a:1".into()], "t", None);
         assert_eq!(a, b);
         assert_ne!(a, member_id(&["http://a:1".into()], "t", None));
-        assert_ne!(a, member_id(&["http://a:1".into(), "http://b:2".into()], "u", None));
+        assert_ne!(
+            a,
+            member_id(&["http://a:1".into(), "http://b:2".into()], "u", None)
+        );
     }
 
     #[test]
     fn validate_requires_self_in_initial_cluster() {
-        let mut c = Config::single("n1", "/tmp/x".into(), "http://127.0.0.1:1", "http://127.0.0.1:2");
+        let mut c = Config::single(
+            "n1",
+            "/tmp/x".into(),
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+        );
         assert!(c.validate().is_ok());
         c.name = "n2".into();
         let err = c.validate().unwrap_err().to_string();
@@ -246,7 +263,10 @@ mod tests {
 
     #[test]
     fn urls_need_scheme_host_and_port() {
-        assert_eq!(parse_http_url("http://127.0.0.1:2379").unwrap(), "127.0.0.1:2379");
+        assert_eq!(
+            parse_http_url("http://127.0.0.1:2379").unwrap(),
+            "127.0.0.1:2379"
+        );
         assert!(parse_http_url("127.0.0.1:2379").is_err());
         assert!(parse_http_url("http://127.0.0.1").is_err());
         assert!(parse_urls("--x", " , ").is_err());

@@ -1210,22 +1210,62 @@ mod tests {
     #[test]
     fn accepts_etcdctl_flag_forms() {
         assert_eq!(parse(&["-C", "http://a:1", "ls"]).endpoints, "http://a:1");
-        assert_eq!(parse(&["--peers", "http://a:1", "ls"]).endpoints, "http://a:1");
-        assert_eq!(parse(&["--endpoint=http://a:1", "ls"]).endpoints, "http://a:1");
-        let a = parse(&["--no-sync", "--total-timeout", "10s", "ls", "-o", "json", "-p", "-r", "/d"]);
+        assert_eq!(
+            parse(&["--peers", "http://a:1", "ls"]).endpoints,
+            "http://a:1"
+        );
+        assert_eq!(
+            parse(&["--endpoint=http://a:1", "ls"]).endpoints,
+            "http://a:1"
+        );
+        let a = parse(&[
+            "--no-sync",
+            "--total-timeout",
+            "10s",
+            "ls",
+            "-o",
+            "json",
+            "-p",
+            "-r",
+            "/d",
+        ]);
         assert!(a.no_sync);
         assert_eq!(a.output, OutputFormat::Json);
         assert_eq!(a.total_timeout, Duration::from_secs(10));
-        assert!(matches!(a.command, CtlCommand::Ls { p: true, recursive: true, .. }));
-        let a = parse(&["exec-watch", "--recursive", "/k", "--", "sh", "-c", "echo -n x"]);
+        assert!(matches!(
+            a.command,
+            CtlCommand::Ls {
+                p: true,
+                recursive: true,
+                ..
+            }
+        ));
+        let a = parse(&[
+            "exec-watch",
+            "--recursive",
+            "/k",
+            "--",
+            "sh",
+            "-c",
+            "echo -n x",
+        ]);
         match a.command {
-            CtlCommand::ExecWatch { args, recursive, .. } => {
+            CtlCommand::ExecWatch {
+                args, recursive, ..
+            } => {
                 assert!(recursive);
                 assert_eq!(args, ["/k", "--", "sh", "-c", "echo -n x"]);
             }
             other => panic!("{other:?}"),
         }
         let a = parse(&["set", "--ttl", "5", "--swap-with-index", "3", "/k", "v"]);
-        assert!(matches!(a.command, CtlCommand::Set { ttl: 5, swap_with_index: 3, .. }));
+        assert!(matches!(
+            a.command,
+            CtlCommand::Set {
+                ttl: 5,
+                swap_with_index: 3,
+                ..
+            }
+        ));
     }
 }

@@ -29,10 +29,21 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 pub enum LeaderRequest {
     Key(KeyRequest),
     QuorumGet(KeyRequest),
-    MemberAdd { peer_urls: Vec<String> },
-    MemberRemove { id: NodeId },
-    MemberUpdate { id: NodeId, peer_urls: Vec<String> },
-    Attributes { id: NodeId, name: String, client_urls: Vec<String> },
+    MemberAdd {
+        peer_urls: Vec<String>,
+    },
+    MemberRemove {
+        id: NodeId,
+    },
+    MemberUpdate {
+        id: NodeId,
+        peer_urls: Vec<String>,
+    },
+    Attributes {
+        id: NodeId,
+        name: String,
+        client_urls: Vec<String>,
+    },
 }
 
 /// The leader's answer to a forwarded request.
@@ -137,7 +148,9 @@ impl Node {
             .await
             .map_err(raft_err)?;
 
-        if config.initial_cluster_state == ClusterState::New && !raft.is_initialized().await.map_err(raft_err)? {
+        if config.initial_cluster_state == ClusterState::New
+            && !raft.is_initialized().await.map_err(raft_err)?
+        {
             let members: BTreeMap<NodeId, Member> = config
                 .initial_cluster
                 .iter()
@@ -176,9 +189,15 @@ impl Node {
     /// Reads this member's identity from disk, or establishes it: computed for a new cluster,
     /// learned from the running members when joining an existing one.
     async fn identity(db: &DB, config: &Config, peers: &PeerClient) -> Result<Identity, Error> {
-        let cf = db.cf_handle(CF_META).expect("column family created at open");
-        if let Some(bytes) = db.get_cf(cf, KEY_IDENTITY).map_err(|e| Error::Storage(e.to_string()))? {
-            let id: Identity = serde_json::from_slice(&bytes).map_err(|e| Error::Storage(e.to_string()))?;
+        let cf = db
+            .cf_handle(CF_META)
+            .expect("column family created at open");
+        if let Some(bytes) = db
+            .get_cf(cf, KEY_IDENTITY)
+            .map_err(|e| Error::Storage(e.to_string()))?
+        {
+            let id: Identity =
+                serde_json::from_slice(&bytes).map_err(|e| Error::Storage(e.to_string()))?;
             return Ok(id);
         }
         let identity = match config.initial_cluster_state {
@@ -274,7 +293,9 @@ impl Node {
                 let a = attrs.get(id);
                 MemberInfo {
                     id: *id,
-                    name: a.map(|a| a.name.clone()).unwrap_or_else(|| node.name.clone()),
+                    name: a
+                        .map(|a| a.name.clone())
+                        .unwrap_or_else(|| node.name.clone()),
                     peer_urls: node.peer_urls.clone(),
                     client_urls: a.map(|a| a.client_urls.clone()).unwrap_or_default(),
                 }
@@ -348,12 +369,16 @@ impl Node {
                     }
                     LeaderReply::Done(self.local_get(key))
                 }
-                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => {
-                    LeaderReply::NotLeader
-                }
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                    _,
+                ))) => LeaderReply::NotLeader,
                 Err(e) => LeaderReply::Done(raft_internal(&e.to_string())),
             },
-            LeaderRequest::Attributes { id, name, client_urls } => {
+            LeaderRequest::Attributes {
+                id,
+                name,
+                client_urls,
+            } => {
                 self.propose(Proposal::Attributes {
                     id: *id,
                     name: name.clone(),
@@ -363,14 +388,18 @@ impl Node {
             }
             LeaderRequest::MemberAdd { peer_urls } => self.member_add(peer_urls).await,
             LeaderRequest::MemberRemove { id } => self.member_remove(*id).await,
-            LeaderRequest::MemberUpdate { id, peer_urls } => self.member_update(*id, peer_urls).await,
+            LeaderRequest::MemberUpdate { id, peer_urls } => {
+                self.member_update(*id, peer_urls).await
+            }
         }
     }
 
     async fn propose(&self, proposal: Proposal) -> LeaderReply {
         match self.raft.client_write(proposal).await {
             Ok(resp) => LeaderReply::Done(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => LeaderReply::NotLeader,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                LeaderReply::NotLeader
+            }
             Err(e) => LeaderReply::Done(raft_internal(&e.to_string())),
         }
     }
@@ -379,7 +408,9 @@ impl Node {
     pub fn local_get(&self, req: &KeyRequest) -> Applied {
         let result = {
             let mut state = self.shared.lock();
-            let result = state.store.get(&req.path, req.recursive, req.sorted, now_ns());
+            let result = state
+                .store
+                .get(&req.path, req.recursive, req.sorted, now_ns());
             state.store.count_get(result.is_ok());
             result
         };
@@ -408,7 +439,11 @@ impl Node {
         };
         let mut add = BTreeMap::new();
         add.insert(id, member);
-        match self.raft.change_membership(ChangeMembers::AddVoters(add), false).await {
+        match self
+            .raft
+            .change_membership(ChangeMembers::AddVoters(add), false)
+            .await
+        {
             Ok(_) => {
                 let info = MemberInfo {
                     id,
@@ -422,7 +457,9 @@ impl Node {
                     body: crate::http::member_json(&info),
                 })
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => LeaderReply::NotLeader,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                LeaderReply::NotLeader
+            }
             Err(e) => LeaderReply::Done(member_error(500, &format!("etcdserver: {e}"))),
         }
     }
@@ -433,13 +470,19 @@ impl Node {
         }
         let mut ids = BTreeSet::new();
         ids.insert(id);
-        match self.raft.change_membership(ChangeMembers::RemoveVoters(ids), false).await {
+        match self
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(ids), false)
+            .await
+        {
             Ok(_) => LeaderReply::Done(Applied {
                 status: 204,
                 etcd_index: 0,
                 body: Vec::new(),
             }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => LeaderReply::NotLeader,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                LeaderReply::NotLeader
+            }
             Err(e) => LeaderReply::Done(member_error(500, &format!("etcdserver: {e}"))),
         }
     }
@@ -463,13 +506,19 @@ impl Node {
                 peer_urls: peer_urls.to_vec(),
             },
         );
-        match self.raft.change_membership(ChangeMembers::SetNodes(nodes), false).await {
+        match self
+            .raft
+            .change_membership(ChangeMembers::SetNodes(nodes), false)
+            .await
+        {
             Ok(_) => LeaderReply::Done(Applied {
                 status: 204,
                 etcd_index: 0,
                 body: Vec::new(),
             }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => LeaderReply::NotLeader,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                LeaderReply::NotLeader
+            }
             Err(e) => LeaderReply::Done(member_error(500, &format!("etcdserver: {e}"))),
         }
     }
@@ -512,7 +561,10 @@ impl Node {
                 // Applied: loop once more to confirm the state now holds it.
                 backoff = Duration::from_millis(100);
             } else {
-                tracing::debug!(status = applied.status, "publishing member attributes failed, retrying");
+                tracing::debug!(
+                    status = applied.status,
+                    "publishing member attributes failed, retrying"
+                );
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -538,7 +590,10 @@ impl Node {
             let due = self.shared.lock().store.next_expiration();
             let now = now_ns();
             if matches!(due, Some(t) if t <= now) {
-                let _ = self.raft.client_write(Proposal::V2(v2::Command::Expire { now })).await;
+                let _ = self
+                    .raft
+                    .client_write(Proposal::V2(v2::Command::Expire { now }))
+                    .await;
             }
         }
     }
@@ -557,6 +612,10 @@ fn member_error(status: u16, message: &str) -> Applied {
     Applied {
         status,
         etcd_index: 0,
-        body: format!("{{\"message\":{}}}\n", serde_json::to_string(message).unwrap()).into_bytes(),
+        body: format!(
+            "{{\"message\":{}}}\n",
+            serde_json::to_string(message).unwrap()
+        )
+        .into_bytes(),
     }
 }

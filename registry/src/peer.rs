@@ -21,7 +21,9 @@ fn ok_json<T: Serialize>(value: &T) -> Response<Body> {
     Response::builder()
         .status(200)
         .header("Content-Type", "application/json")
-        .body(full(serde_json::to_vec(value).expect("peer messages serialise")))
+        .body(full(
+            serde_json::to_vec(value).expect("peer messages serialise"),
+        ))
         .expect("valid response")
 }
 
@@ -29,7 +31,8 @@ async fn decode<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Respon
     let body = read_body(req.into_body(), PEER_BODY_LIMIT)
         .await
         .map_err(|_| text(StatusCode::BAD_REQUEST, "unreadable peer request body"))?;
-    serde_json::from_slice(&body).map_err(|e| text(StatusCode::BAD_REQUEST, &format!("bad peer message: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, &format!("bad peer message: {e}")))
 }
 
 /// Routes one peer request.
@@ -54,7 +57,10 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>, _peer: SocketAddr) 
                 .and_then(|v| v.to_str().ok())
                 .and_then(|s| serde_json::from_str(s).ok());
             let Some(header) = header else {
-                return text(StatusCode::BAD_REQUEST, "missing or invalid snapshot header");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "missing or invalid snapshot header",
+                );
             };
             let data = match read_body(req.into_body(), PEER_BODY_LIMIT).await {
                 Ok(b) => b.to_vec(),

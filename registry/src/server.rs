@@ -32,7 +32,10 @@ pub async fn run(
                     async move {
                         match slot.get() {
                             Some(node) => crate::peer::handle(node.clone(), req, addr).await,
-                            None => crate::http::text(hyper::StatusCode::SERVICE_UNAVAILABLE, "member starting"),
+                            None => crate::http::text(
+                                hyper::StatusCode::SERVICE_UNAVAILABLE,
+                                "member starting",
+                            ),
                         }
                     }
                 },

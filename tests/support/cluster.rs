@@ -54,7 +54,9 @@ impl MemberProc {
 
     fn signal(&self, sig: &str) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill").args([sig, &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status();
         }
     }
 
@@ -143,7 +145,8 @@ impl Cluster {
     /// Waits until every running member knows a leader and has published its attributes.
     pub fn wait_ready(&self) {
         let ok = eventually(Duration::from_secs(20), || {
-            let running: Vec<&MemberProc> = self.members.iter().filter(|m| m.is_running()).collect();
+            let running: Vec<&MemberProc> =
+                self.members.iter().filter(|m| m.is_running()).collect();
             let all = running.iter().all(|m| {
                 http::get(&format!("{}/v2/members/leader", m.client_url))
                     .map(|r| r.status == 200)
@@ -166,10 +169,11 @@ impl Cluster {
             if let Ok(r) = http::get(&format!("{}/v2/members/leader", m.client_url)) {
                 if r.status == 200 {
                     let urls = r.json()["peerURLs"].clone();
-                    return self
-                        .members
-                        .iter()
-                        .position(|x| urls.as_array().map(|a| a.iter().any(|u| u == &x.peer_url)).unwrap_or(false));
+                    return self.members.iter().position(|x| {
+                        urls.as_array()
+                            .map(|a| a.iter().any(|u| u == &x.peer_url))
+                            .unwrap_or(false)
+                    });
                 }
             }
         }
@@ -196,7 +200,10 @@ impl Cluster {
 
     /// Starts a stopped member again on the same data dir.
     pub fn restart(&mut self, i: usize) {
-        assert!(self.members[i].child.is_none(), "member {i} is still running");
+        assert!(
+            self.members[i].child.is_none(),
+            "member {i} is still running"
+        );
         let token = self.token.clone();
         let extra = self.extra.clone();
         self.members[i].spawn(&token, &extra);
@@ -215,7 +222,12 @@ impl Cluster {
             .body(format!("{{\"peerURLs\":[\"{peer_url}\"]}}"))
             .send()
             .expect("member add request");
-        assert_eq!(resp.status().as_u16(), 201, "member add failed: {:?}", resp.text());
+        assert_eq!(
+            resp.status().as_u16(),
+            201,
+            "member add failed: {:?}",
+            resp.text()
+        );
         let mut initial: Vec<String> = self
             .members
             .iter()
@@ -241,7 +253,12 @@ impl Cluster {
     /// Prints every member's log tail (used when a test fails).
     pub fn dump_logs(&self) {
         for m in &self.members {
-            eprintln!("----- {} ({}) -----\n{}", m.name, m.client_url, m.log_tail(40));
+            eprintln!(
+                "----- {} ({}) -----\n{}",
+                m.name,
+                m.client_url,
+                m.log_tail(40)
+            );
         }
     }
 }
@@ -253,7 +270,9 @@ impl Drop for Cluster {
         }
         for m in &mut self.members {
             if let Some(mut child) = m.child.take() {
-                let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-CONT", &child.id().to_string()])
+                    .status();
                 let _ = child.kill();
                 let _ = child.wait();
             }

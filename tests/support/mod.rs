@@ -48,7 +48,9 @@ macro_rules! assert_eventually {
 
 /// Whether the suite runs in CI, where a missing tool is a failure, never a skip.
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// Finds a required external program; panics with an install hint when it is missing.
@@ -56,5 +58,7 @@ pub fn require_tool(path: &str, package: &str) -> String {
     if std::path::Path::new(path).exists() {
         return path.to_string();
     }
-    panic!("{path} is missing: install it with `apt-get install -y {package}` (or run scripts/setup)");
+    panic!(
+        "{path} is missing: install it with `apt-get install -y {package}` (or run scripts/setup)"
+    );
 }

@@ -16,7 +16,10 @@ pub const ETCD_SERVER_VERSION: &str = "3.4.23";
 pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
 
 fn message(status: u16, msg: &str) -> Response<Body> {
-    super::json(status, format!("{}\n", json!({ "message": msg })).into_bytes())
+    super::json(
+        status,
+        format!("{}\n", json!({ "message": msg })).into_bytes(),
+    )
 }
 
 fn only(req: &Request<Incoming>, allowed: &[Method]) -> Option<Response<Body>> {
@@ -36,7 +39,10 @@ struct PeerUrlsBody {
     peer_urls: Vec<String>,
 }
 
-async fn peer_urls_body(node: &Node, req: Request<Incoming>) -> Result<Vec<String>, Response<Body>> {
+async fn peer_urls_body(
+    node: &Node,
+    req: Request<Incoming>,
+) -> Result<Vec<String>, Response<Body>> {
     let ct = req
         .headers()
         .get("Content-Type")
@@ -44,12 +50,16 @@ async fn peer_urls_body(node: &Node, req: Request<Incoming>) -> Result<Vec<Strin
         .unwrap_or("")
         .to_string();
     if !ct.starts_with("application/json") {
-        return Err(message(415, &format!("Bad Content-Type {ct}, accept application/json")));
+        return Err(message(
+            415,
+            &format!("Bad Content-Type {ct}, accept application/json"),
+        ));
     }
     let body = read_body(req.into_body(), node.max_request_bytes)
         .await
         .map_err(|_| message(400, "could not read the request body"))?;
-    let parsed: PeerUrlsBody = serde_json::from_slice(&body).map_err(|e| message(400, &e.to_string()))?;
+    let parsed: PeerUrlsBody =
+        serde_json::from_slice(&body).map_err(|e| message(400, &e.to_string()))?;
     if parsed.peer_urls.is_empty() {
         return Err(message(400, "peerURLs must not be empty"));
     }
@@ -73,20 +83,29 @@ fn applied_response(applied: crate::raft::Applied) -> Response<Body> {
 
 pub(super) async fn members(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let rest = path.strip_prefix("/v2/members").unwrap_or("").trim_start_matches('/');
+    let rest = path
+        .strip_prefix("/v2/members")
+        .unwrap_or("")
+        .trim_start_matches('/');
     if rest.is_empty() {
         if let Some(r) = only(&req, &[Method::GET, Method::POST]) {
             return r;
         }
         if req.method() == Method::GET {
             let list: Vec<_> = node.members().iter().map(member_value).collect();
-            return super::json(200, format!("{}\n", json!({ "members": list })).into_bytes());
+            return super::json(
+                200,
+                format!("{}\n", json!({ "members": list })).into_bytes(),
+            );
         }
         let urls = match peer_urls_body(node, req).await {
             Ok(u) => u,
             Err(r) => return r,
         };
-        return applied_response(node.submit(LeaderRequest::MemberAdd { peer_urls: urls }).await);
+        return applied_response(
+            node.submit(LeaderRequest::MemberAdd { peer_urls: urls })
+                .await,
+        );
     }
     if rest == "leader" {
         if let Some(r) = only(&req, &[Method::GET]) {
@@ -111,14 +130,24 @@ pub(super) async fn members(node: &Arc<Node>, req: Request<Incoming>) -> Respons
         Ok(u) => u,
         Err(r) => return r,
     };
-    applied_response(node.submit(LeaderRequest::MemberUpdate { id, peer_urls: urls }).await)
+    applied_response(
+        node.submit(LeaderRequest::MemberUpdate {
+            id,
+            peer_urls: urls,
+        })
+        .await,
+    )
 }
 
 pub(super) fn machines(node: &Node, req: &Request<Incoming>) -> Response<Body> {
     if let Some(r) = only(req, &[Method::GET, Method::HEAD]) {
         return r;
     }
-    let urls: Vec<String> = node.members().into_iter().flat_map(|m| m.client_urls).collect();
+    let urls: Vec<String> = node
+        .members()
+        .into_iter()
+        .flat_map(|m| m.client_urls)
+        .collect();
     Response::builder()
         .status(200)
         .header("Content-Type", "text/plain; charset=utf-8")
@@ -127,7 +156,10 @@ pub(super) fn machines(node: &Node, req: &Request<Incoming>) -> Response<Body> {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    let ns = t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let ns = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
     format_time(ns)
 }
 
@@ -205,7 +237,11 @@ pub(super) async fn health(node: &Arc<Node>, req: &Request<Incoming>) -> Respons
     }
     // etcd 3.4 reports healthy when there is a leader and a quorum answers.
     let healthy = node.leader().is_some() && {
-        let probe = tokio::time::timeout(std::time::Duration::from_secs(1), node.raft.ensure_linearizable()).await;
+        let probe = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            node.raft.ensure_linearizable(),
+        )
+        .await;
         match probe {
             Ok(Ok(_)) => true,
             Ok(Err(_)) => node.leader().is_some(),
@@ -214,5 +250,9 @@ pub(super) async fn health(node: &Arc<Node>, req: &Request<Incoming>) -> Respons
     };
     let _ = now_ns;
     let body = json!({ "health": if healthy { "true" } else { "false" } });
-    super::json(if healthy { 200 } else { 503 }, body.to_string().into_bytes())
+    Response::builder()
+        .status(if healthy { 200 } else { 503 })
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .body(super::full(body.to_string()))
+        .expect("valid response")
 }

@@ -28,16 +28,25 @@ fn with_index(mut resp: Response<Body>, node: &Node, etcd_index: u64) -> Respons
 
 fn respond(node: &Node, applied: Applied, head: bool) -> Response<Body> {
     let body = if head { Vec::new() } else { applied.body };
-    let resp = json(applied.status, body);
-    with_index(resp, node, applied.etcd_index)
+    let success = applied.status < 300;
+    let mut resp = json(applied.status, body);
+    if success {
+        return with_index(resp, node, applied.etcd_index);
+    }
+    // etcd writes only X-Etcd-Index on errors.
+    resp.headers_mut()
+        .insert("X-Etcd-Index", applied.etcd_index.into());
+    resp
 }
 
 pub(super) async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().as_str().to_string();
     if !matches!(method.as_str(), "GET" | "HEAD" | "PUT" | "POST" | "DELETE") {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-        resp.headers_mut()
-            .insert("Allow", "GET,HEAD,POST,PUT,DELETE".parse().expect("valid header"));
+        resp.headers_mut().insert(
+            "Allow",
+            "HEAD,GET,PUT,POST,DELETE".parse().expect("valid header"),
+        );
         return resp;
     }
     // Go hands etcd the decoded path; the parser expects the same.
@@ -61,7 +70,8 @@ pub(super) async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response
             return respond(node, super::render_error(&err), false);
         }
         Err(BodyError::Broken(reason)) => {
-            let err = v2::V2Error::new(210, format!("could not read the request body: {reason}"), 0);
+            let err =
+                v2::V2Error::new(210, format!("could not read the request body: {reason}"), 0);
             return respond(node, super::render_error(&err), false);
         }
     };
@@ -105,19 +115,27 @@ fn event_bytes(event: &v2::Event) -> Bytes {
 }
 
 fn watch(node: &Arc<Node>, req: &v2::KeyRequest, head: bool) -> Response<Body> {
-    let watch = node
-        .shared
-        .lock()
-        .store
-        .watch(&req.path, req.recursive, req.stream, req.wait_index);
+    let watch =
+        node.shared
+            .lock()
+            .store
+            .watch(&req.path, req.recursive, req.stream, req.wait_index);
     match watch {
         Err(err) => respond(node, super::render_error(&err), head),
         Ok(Watch::Immediate(event)) => {
             let index = event.etcd_index;
-            let body = if head { Vec::new() } else { event_bytes(&event).to_vec() };
+            let body = if head {
+                Vec::new()
+            } else {
+                event_bytes(&event).to_vec()
+            };
             with_index(json(200, body), node, index)
         }
-        Ok(Watch::Pending { id, mut rx, etcd_index }) => {
+        Ok(Watch::Pending {
+            id,
+            mut rx,
+            etcd_index,
+        }) => {
             let guard = WatchGuard {
                 shared: node.shared.clone(),
                 id,

@@ -70,7 +70,9 @@ pub(crate) fn member_value(m: &MemberInfo) -> serde_json::Value {
 }
 
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub(crate) fn text(status: StatusCode, msg: &str) -> Response<Body> {
@@ -96,7 +98,9 @@ pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Bod
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(BodyError::TooLarge)
             } else {
                 Err(BodyError::Broken(e.to_string()))
@@ -110,9 +114,104 @@ pub(crate) enum BodyError {
     Broken(String),
 }
 
+/// Whether every `%` in `raw` starts a valid escape (Go rejects the request otherwise).
+fn valid_escapes(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if i + 2 >= b.len() {
+                return false;
+            }
+            if !(b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()) {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+/// Go's `path.Clean` plus ServeMux's rule of keeping a trailing slash.
+pub(crate) fn clean_path(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut cleaned = format!("/{}", out.join("/"));
+    if p.ends_with('/') && cleaned != "/" {
+        cleaned.push('/');
+    }
+    cleaned
+}
+
+/// Go's ServeMux answer to an unclean path: a 301 to the cleaned one.
+fn redirect(req: &Request<Incoming>, cleaned: &str) -> Response<Body> {
+    let location = match req.uri().query() {
+        Some(q) => format!("{cleaned}?{q}"),
+        None => cleaned.to_string(),
+    };
+    let builder = Response::builder()
+        .status(301)
+        .header("Location", &location);
+    if matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+        let escaped = location
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&#34;")
+            .replace('\'', "&#39;");
+        let body = if req.method() == hyper::Method::HEAD {
+            String::new()
+        } else {
+            format!("<a href=\"{escaped}\">Moved Permanently</a>.\n\n")
+        };
+        builder
+            .header("Content-Type", "text/html; charset=utf-8")
+            .body(full(body))
+            .expect("valid response")
+    } else {
+        builder.body(full(Vec::new())).expect("valid response")
+    }
+}
+
 /// Routes one client request.
 pub async fn handle(node: Arc<Node>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_string();
+    if !valid_escapes(&path) {
+        // What Go's server answers to a request line it cannot parse.
+        return Response::builder()
+            .status(400)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .header("Connection", "close")
+            .body(full("400 Bad Request"))
+            .expect("valid response");
+    }
+    let cleaned = clean_path(&path);
+    if cleaned != path {
+        return redirect(&req, &cleaned);
+    }
+    if req.method() == hyper::Method::OPTIONS {
+        // etcd's CORS layer answers preflight requests with an empty 200.
+        return Response::builder()
+            .status(200)
+            .body(full(Vec::new()))
+            .expect("valid response");
+    }
+    let with_cluster_id =
+        (path == "/v2/keys" || path.starts_with("/v2/keys/") || path.starts_with("/v2/members"))
+            && matches!(
+                req.method().as_str(),
+                "GET" | "HEAD" | "PUT" | "POST" | "DELETE"
+            );
     let mut resp = if path == "/v2/keys" || path.starts_with("/v2/keys/") {
         keys::handle(&node, req).await
     } else if path == "/v2/members" || path.starts_with("/v2/members/") {
@@ -128,9 +227,13 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>, _peer: SocketAddr) 
     } else {
         text(StatusCode::NOT_FOUND, "404 page not found")
     };
-    resp.headers_mut().insert(
-        "X-Etcd-Cluster-ID",
-        format!("{:x}", node.cluster_id).parse().expect("hex is a valid header"),
-    );
+    if with_cluster_id {
+        resp.headers_mut().insert(
+            "X-Etcd-Cluster-ID",
+            format!("{:x}", node.cluster_id)
+                .parse()
+                .expect("hex is a valid header"),
+        );
+    }
     resp
 }

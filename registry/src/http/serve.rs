@@ -21,8 +21,12 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Serves HTTP/1.1 (and h2c) on `listener` until `shutdown` fires, then gives open
 /// connections a moment to finish.
-pub async fn serve<F, Fut>(listener: TcpListener, kind: &'static str, handler: F, shutdown: CancellationToken)
-where
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    kind: &'static str,
+    handler: F,
+    shutdown: CancellationToken,
+) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {

@@ -12,11 +12,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -35,7 +37,11 @@ pub enum PeerError {
     Timeout { url: String, timeout: Duration },
     /// The peer answered with an unexpected status.
     #[error("peer {url} answered {status}: {body}")]
-    Status { url: String, status: u16, body: String },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+    },
     /// The peer's answer could not be decoded.
     #[error("peer {url} sent an undecodable answer: {reason}")]
     Decode { url: String, reason: String },
@@ -78,15 +84,22 @@ impl PeerClient {
         if let Some((name, value)) = header {
             builder = builder.header(name, value);
         }
-        let req = builder.body(Full::new(Bytes::from(body))).map_err(|e| PeerError::Unreachable {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })?;
+        let req =
+            builder
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| PeerError::Unreachable {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
         let fut = async {
-            let resp = self.http.request(req).await.map_err(|e| PeerError::Unreachable {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| PeerError::Unreachable {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
             let status = resp.status().as_u16();
             let bytes = resp
                 .into_body()
@@ -123,7 +136,9 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
         let body = serde_json::to_vec(req).expect("peer messages serialise");
-        let bytes = self.request(hyper::Method::POST, url, None, body, timeout).await?;
+        let bytes = self
+            .request(hyper::Method::POST, url, None, body, timeout)
+            .await?;
         serde_json::from_slice(&bytes).map_err(|e| PeerError::Decode {
             url: url.to_string(),
             reason: e.to_string(),
@@ -227,8 +242,10 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         let header = SnapshotChunkHeader {
             vote: rpc.vote,
             meta: rpc.meta,

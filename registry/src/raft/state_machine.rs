@@ -15,7 +15,9 @@ use rocksdb::{WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Applied, LogId, NodeId, Proposal, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::{
+    Applied, LogId, NodeId, Proposal, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 use crate::v2::{self, Store};
 
 pub(crate) const CF_SM: &str = "sm";
@@ -51,7 +53,9 @@ impl Shared {
 
     /// Locks the application state; hold it only for in-memory work.
     pub fn lock(&self) -> MutexGuard<'_, AppState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The index of the last applied log entry.
@@ -87,7 +91,11 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 }
 
 /// Renders the HTTP answer for one v2 write.
-fn render(result: Result<Vec<v2::Event>, v2::V2Error>, no_value_on_success: bool, index: u64) -> Applied {
+fn render(
+    result: Result<Vec<v2::Event>, v2::V2Error>,
+    no_value_on_success: bool,
+    index: u64,
+) -> Applied {
     match result {
         Ok(events) => match events.into_iter().next() {
             Some(event) => crate::http::render_event(&event, no_value_on_success),
@@ -111,11 +119,15 @@ impl StateMachine {
         let (state, last_applied, membership) = match stored {
             None => (AppState::default(), None, StoredMembership::default()),
             Some(bytes) => {
-                let snap: StoredSnapshot =
-                    serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_state_machine(&e))?;
-                let state: AppState =
-                    serde_json::from_slice(&snap.data).map_err(|e| StorageIOError::read_state_machine(&e))?;
-                (state, snap.meta.last_log_id, snap.meta.last_membership.clone())
+                let snap: StoredSnapshot = serde_json::from_slice(&bytes)
+                    .map_err(|e| StorageIOError::read_state_machine(&e))?;
+                let state: AppState = serde_json::from_slice(&snap.data)
+                    .map_err(|e| StorageIOError::read_state_machine(&e))?;
+                (
+                    state,
+                    snap.meta.last_log_id,
+                    snap.meta.last_membership.clone(),
+                )
             }
         };
         let shared = Shared::new(state, last_applied.map(|l| l.index).unwrap_or(0));
@@ -130,8 +142,12 @@ impl StateMachine {
     }
 
     fn persist_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(snap).map_err(|e| StorageIOError::write_state_machine(&e))?;
-        let cf = self.db.cf_handle(CF_SM).expect("column family created at open");
+        let bytes =
+            serde_json::to_vec(snap).map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let cf = self
+            .db
+            .cf_handle(CF_SM)
+            .expect("column family created at open");
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db
@@ -140,7 +156,10 @@ impl StateMachine {
     }
 
     fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
-        let cf = self.db.cf_handle(CF_SM).expect("column family created at open");
+        let cf = self
+            .db
+            .cf_handle(CF_SM)
+            .expect("column family created at open");
         match self
             .db
             .get_cf(cf, KEY_SNAPSHOT)
@@ -167,8 +186,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             data: std::mem::take(&mut self.data),
         };
-        let bytes = serde_json::to_vec(&stored).map_err(|e| StorageIOError::write_state_machine(&e))?;
-        let cf = self.sm_db.cf_handle(CF_SM).expect("column family created at open");
+        let bytes =
+            serde_json::to_vec(&stored).map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let cf = self
+            .sm_db
+            .cf_handle(CF_SM)
+            .expect("column family created at open");
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.sm_db
@@ -215,8 +238,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let index = state.store.index();
                         render(result, no_value, index)
                     }
-                    EntryPayload::Normal(Proposal::Attributes { id, name, client_urls }) => {
-                        state.attributes.insert(id, Attributes { name, client_urls });
+                    EntryPayload::Normal(Proposal::Attributes {
+                        id,
+                        name,
+                        client_urls,
+                    }) => {
+                        state
+                            .attributes
+                            .insert(id, Attributes { name, client_urls });
                         Applied::default()
                     }
                 };

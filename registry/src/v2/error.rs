@@ -264,7 +264,10 @@ mod tests {
     #[test]
     fn history_cleared_text() {
         let e = V2Error::event_index_cleared(54, 42, 1053);
-        assert_eq!(e.message, "The event in requested index is outdated and cleared");
+        assert_eq!(
+            e.message,
+            "The event in requested index is outdated and cleared"
+        );
         assert_eq!(e.cause, "the requested history has been cleared [54/42]");
         assert_eq!(e.index, 1053);
         assert_eq!(e.to_string(), "The event in requested index is outdated and cleared (the requested history has been cleared [54/42])");

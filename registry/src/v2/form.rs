@@ -99,7 +99,8 @@ pub fn query_unescape(s: &str) -> Result<String, String> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let ok = i + 2 < b.len() && hex_val(b[i + 1]).is_some() && hex_val(b[i + 2]).is_some();
+                let ok =
+                    i + 2 < b.len() && hex_val(b[i + 1]).is_some() && hex_val(b[i + 2]).is_some();
                 if !ok {
                     let end = (i + 3).min(b.len());
                     return Err(format!("invalid URL escape {}", go_quote(&b[i..end])));
@@ -126,9 +127,12 @@ fn go_quote(mut b: &[u8]) -> String {
     while !b.is_empty() {
         let (ch, len) = match std::str::from_utf8(b) {
             Ok(s) => (s.chars().next(), 0),
-            Err(e) if e.valid_up_to() > 0 => {
-                (std::str::from_utf8(&b[..e.valid_up_to()]).ok().and_then(|s| s.chars().next()), 0)
-            }
+            Err(e) if e.valid_up_to() > 0 => (
+                std::str::from_utf8(&b[..e.valid_up_to()])
+                    .ok()
+                    .and_then(|s| s.chars().next()),
+                0,
+            ),
             Err(_) => (None, 1),
         };
         match ch {
@@ -249,11 +253,23 @@ mod tests {
 
     #[test]
     fn escape_errors_match_go_text() {
-        assert_eq!(parse_query("%zz=1").1.unwrap(), "invalid URL escape \"%zz\"");
-        assert_eq!(parse_query("value=1&%zq").1.unwrap(), "invalid URL escape \"%zq\"");
-        assert_eq!(parse_query("value=1&%z").1.unwrap(), "invalid URL escape \"%z\"");
+        assert_eq!(
+            parse_query("%zz=1").1.unwrap(),
+            "invalid URL escape \"%zz\""
+        );
+        assert_eq!(
+            parse_query("value=1&%zq").1.unwrap(),
+            "invalid URL escape \"%zq\""
+        );
+        assert_eq!(
+            parse_query("value=1&%z").1.unwrap(),
+            "invalid URL escape \"%z\""
+        );
         assert_eq!(parse_query("v=%").1.unwrap(), "invalid URL escape \"%\"");
-        assert_eq!(parse_query("v=%\u{2603}").1.unwrap(), "invalid URL escape \"%\\xe2\\x98\"");
+        assert_eq!(
+            parse_query("v=%\u{2603}").1.unwrap(),
+            "invalid URL escape \"%\\xe2\\x98\""
+        );
         // the bad pair is skipped, the others are kept
         let (v, _) = parse_query("a=%zz&b=2");
         assert!(!v.has("a"));
@@ -267,8 +283,14 @@ mod tests {
         assert!(!v.has("a"));
         assert_eq!(v.first("c"), "3");
         // semicolon error overrides an earlier escape error, as in Go
-        assert_eq!(parse_query("%zz=1&a;b").1.unwrap(), "invalid semicolon separator in query");
-        assert_eq!(parse_query("a;b&%zz=1").1.unwrap(), "invalid semicolon separator in query");
+        assert_eq!(
+            parse_query("%zz=1&a;b").1.unwrap(),
+            "invalid semicolon separator in query"
+        );
+        assert_eq!(
+            parse_query("a;b&%zz=1").1.unwrap(),
+            "invalid semicolon separator in query"
+        );
     }
 
     #[test]

@@ -153,7 +153,12 @@ impl Node {
     }
 
     /// etcd's cause text for a failed comparison.
-    pub fn compare_fail_cause(&self, which: CompareResult, prev_value: &str, prev_index: u64) -> String {
+    pub fn compare_fail_cause(
+        &self,
+        which: CompareResult,
+        prev_value: &str,
+        prev_index: u64,
+    ) -> String {
         match which {
             CompareResult::IndexNotMatch => format!("[{} != {}]", prev_index, self.modified_index),
             CompareResult::ValueNotMatch => format!("[{} != {}]", prev_value, self.value),
@@ -250,7 +255,11 @@ impl Serialize for Tree {
                 created_index: n.created_index,
                 modified_index: n.modified_index,
                 expire_time: n.expire_time,
-                value: if n.is_dir() { None } else { Some(n.value.clone()) },
+                value: if n.is_dir() {
+                    None
+                } else {
+                    Some(n.value.clone())
+                },
             })
             .collect();
         flat.serialize(s)
@@ -295,10 +304,19 @@ mod tests {
     fn sample() -> Node {
         let mut root = Node::new_dir("/".into(), 0, None);
         let mut d = Node::new_dir("/d".into(), 4, None);
-        d.children.as_mut().unwrap().insert("a".into(), Node::new_file("/d/a".into(), "1".into(), 4, None));
-        d.children.as_mut().unwrap().insert("_h".into(), Node::new_file("/d/_h".into(), "h".into(), 5, None));
+        d.children.as_mut().unwrap().insert(
+            "a".into(),
+            Node::new_file("/d/a".into(), "1".into(), 4, None),
+        );
+        d.children.as_mut().unwrap().insert(
+            "_h".into(),
+            Node::new_file("/d/_h".into(), "h".into(), 5, None),
+        );
         let mut sub = Node::new_dir("/d/sub".into(), 6, Some(10_000_000_000));
-        sub.children.as_mut().unwrap().insert("x".into(), Node::new_file("/d/sub/x".into(), "2".into(), 6, None));
+        sub.children.as_mut().unwrap().insert(
+            "x".into(),
+            Node::new_file("/d/sub/x".into(), "2".into(), 6, None),
+        );
         d.children.as_mut().unwrap().insert("sub".into(), sub);
         root.children.as_mut().unwrap().insert("d".into(), d);
         root
@@ -323,9 +341,18 @@ mod tests {
         let root = sample();
         assert_eq!(root.lookup("/d/a").unwrap().value, "1");
         assert_eq!(root.lookup("/").unwrap().path, "/");
-        assert_eq!(root.lookup("/nope").unwrap_err(), LookupError::NotFound("/nope".into()));
-        assert_eq!(root.lookup("/d/zz/y").unwrap_err(), LookupError::NotFound("/d/zz".into()));
-        assert_eq!(root.lookup("/d/a/b/c").unwrap_err(), LookupError::NotDir("/d/a".into()));
+        assert_eq!(
+            root.lookup("/nope").unwrap_err(),
+            LookupError::NotFound("/nope".into())
+        );
+        assert_eq!(
+            root.lookup("/d/zz/y").unwrap_err(),
+            LookupError::NotFound("/d/zz".into())
+        );
+        assert_eq!(
+            root.lookup("/d/a/b/c").unwrap_err(),
+            LookupError::NotDir("/d/a".into())
+        );
     }
 
     #[test]
@@ -378,7 +405,11 @@ mod tests {
         let mut root = Node::new_dir("/".into(), 0, None);
         let mut p = String::new();
         for i in 0..300 {
-            let parent = if p.is_empty() { "/".to_string() } else { p.clone() };
+            let parent = if p.is_empty() {
+                "/".to_string()
+            } else {
+                p.clone()
+            };
             p = path::join(&parent, &format!("l{i}"));
             root.lookup_mut(&parent)
                 .unwrap()

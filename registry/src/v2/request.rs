@@ -169,7 +169,8 @@ pub fn parse_key_request(
         .map_err(|_| V2Error::index_nan(r#"invalid value for "waitIndex""#))?;
 
     let flag = |name: &str| -> Result<bool, V2Error> {
-        get_bool(&form, name).map_err(|_| V2Error::invalid_field(format!("invalid value for \"{name}\"")))
+        get_bool(&form, name)
+            .map_err(|_| V2Error::invalid_field(format!("invalid value for \"{name}\"")))
     };
     rr.recursive = flag("recursive")?;
     rr.sorted = flag("sorted")?;
@@ -179,28 +180,35 @@ pub fn parse_key_request(
     rr.stream = flag("stream")?;
 
     if rr.wait && m != Method::Get {
-        return Err(V2Error::invalid_field(r#""wait" can only be used with GET requests"#));
+        return Err(V2Error::invalid_field(
+            r#""wait" can only be used with GET requests"#,
+        ));
     }
 
     rr.prev_value = form.first("prevValue").to_string();
     if form.has("prevValue") && rr.prev_value.is_empty() {
-        return Err(V2Error::prev_value_required(r#""prevValue" cannot be empty"#));
+        return Err(V2Error::prev_value_required(
+            r#""prevValue" cannot be empty"#,
+        ));
     }
 
     rr.no_value_on_success = flag("noValueOnSuccess")?;
 
     if !form.first("ttl").is_empty() {
-        let ttl = get_uint(&form, "ttl").map_err(|_| V2Error::ttl_nan(r#"invalid value for "ttl""#))?;
+        let ttl =
+            get_uint(&form, "ttl").map_err(|_| V2Error::ttl_nan(r#"invalid value for "ttl""#))?;
         rr.ttl = Some(ttl);
     }
 
     if form.has("prevExist") {
-        let v = get_bool(&form, "prevExist").map_err(|_| V2Error::invalid_field("invalid value for prevExist"))?;
+        let v = get_bool(&form, "prevExist")
+            .map_err(|_| V2Error::invalid_field("invalid value for prevExist"))?;
         rr.prev_exist = Some(v);
     }
 
     if form.has("refresh") {
-        let v = get_bool(&form, "refresh").map_err(|_| V2Error::invalid_field("invalid value for refresh"))?;
+        let v = get_bool(&form, "refresh")
+            .map_err(|_| V2Error::invalid_field("invalid value for refresh"))?;
         if v {
             if form.has("value") && !form.first("value").is_empty() {
                 return Err(V2Error::refresh_value("A value was provided on a refresh"));
@@ -241,72 +249,166 @@ mod tests {
     fn root_paths_and_cleaning() {
         assert_eq!(parse_key_request("GET", "", "", b"").unwrap().path, "/");
         assert_eq!(parse_key_request("GET", "/", "", b"").unwrap().path, "/");
-        assert_eq!(parse_key_request("GET", "//a//b/", "", b"").unwrap().path, "/a/b");
+        assert_eq!(
+            parse_key_request("GET", "//a//b/", "", b"").unwrap().path,
+            "/a/b"
+        );
     }
 
     #[test]
     fn numeric_errors() {
-        assert_eq!(err("PUT", "ttl=abc", ""), (202, r#"invalid value for "ttl""#.into()));
-        assert_eq!(err("PUT", "ttl=%2B5", ""), (202, r#"invalid value for "ttl""#.into()));
-        assert_eq!(err("PUT", "ttl=18446744073709551616", ""), (202, r#"invalid value for "ttl""#.into()));
-        assert_eq!(err("PUT", "prevIndex=-1", ""), (203, r#"invalid value for "prevIndex""#.into()));
-        assert_eq!(err("GET", "wait=true&waitIndex=x", ""), (203, r#"invalid value for "waitIndex""#.into()));
+        assert_eq!(
+            err("PUT", "ttl=abc", ""),
+            (202, r#"invalid value for "ttl""#.into())
+        );
+        assert_eq!(
+            err("PUT", "ttl=%2B5", ""),
+            (202, r#"invalid value for "ttl""#.into())
+        );
+        assert_eq!(
+            err("PUT", "ttl=18446744073709551616", ""),
+            (202, r#"invalid value for "ttl""#.into())
+        );
+        assert_eq!(
+            err("PUT", "prevIndex=-1", ""),
+            (203, r#"invalid value for "prevIndex""#.into())
+        );
+        assert_eq!(
+            err("GET", "wait=true&waitIndex=x", ""),
+            (203, r#"invalid value for "waitIndex""#.into())
+        );
         // prevIndex is checked before waitIndex, and both before booleans
         assert_eq!(err("GET", "recursive=x&waitIndex=x&prevIndex=y", "").0, 203);
-        assert!(err("GET", "recursive=x&waitIndex=x&prevIndex=y", "").1.contains("prevIndex"));
+        assert!(err("GET", "recursive=x&waitIndex=x&prevIndex=y", "")
+            .1
+            .contains("prevIndex"));
     }
 
     #[test]
     fn bool_errors() {
-        assert_eq!(err("GET", "recursive=yes", ""), (209, r#"invalid value for "recursive""#.into()));
-        assert_eq!(err("GET", "recursive", ""), (209, r#"invalid value for "recursive""#.into()));
-        assert_eq!(err("GET", "sorted=2", ""), (209, r#"invalid value for "sorted""#.into()));
-        assert_eq!(err("GET", "wait=on", ""), (209, r#"invalid value for "wait""#.into()));
-        assert_eq!(err("PUT", "dir=y", ""), (209, r#"invalid value for "dir""#.into()));
-        assert_eq!(err("GET", "quorum=y", ""), (209, r#"invalid value for "quorum""#.into()));
-        assert_eq!(err("GET", "stream=y", ""), (209, r#"invalid value for "stream""#.into()));
-        assert_eq!(err("PUT", "noValueOnSuccess=x", "value=1"), (209, r#"invalid value for "noValueOnSuccess""#.into()));
-        assert_eq!(err("PUT", "prevExist=maybe", ""), (209, "invalid value for prevExist".into()));
-        assert_eq!(err("PUT", "prevExist", ""), (209, "invalid value for prevExist".into()));
-        assert_eq!(err("PUT", "prevExist=", ""), (209, "invalid value for prevExist".into()));
-        assert_eq!(err("PUT", "refresh=maybe&ttl=5", ""), (209, "invalid value for refresh".into()));
+        assert_eq!(
+            err("GET", "recursive=yes", ""),
+            (209, r#"invalid value for "recursive""#.into())
+        );
+        assert_eq!(
+            err("GET", "recursive", ""),
+            (209, r#"invalid value for "recursive""#.into())
+        );
+        assert_eq!(
+            err("GET", "sorted=2", ""),
+            (209, r#"invalid value for "sorted""#.into())
+        );
+        assert_eq!(
+            err("GET", "wait=on", ""),
+            (209, r#"invalid value for "wait""#.into())
+        );
+        assert_eq!(
+            err("PUT", "dir=y", ""),
+            (209, r#"invalid value for "dir""#.into())
+        );
+        assert_eq!(
+            err("GET", "quorum=y", ""),
+            (209, r#"invalid value for "quorum""#.into())
+        );
+        assert_eq!(
+            err("GET", "stream=y", ""),
+            (209, r#"invalid value for "stream""#.into())
+        );
+        assert_eq!(
+            err("PUT", "noValueOnSuccess=x", "value=1"),
+            (209, r#"invalid value for "noValueOnSuccess""#.into())
+        );
+        assert_eq!(
+            err("PUT", "prevExist=maybe", ""),
+            (209, "invalid value for prevExist".into())
+        );
+        assert_eq!(
+            err("PUT", "prevExist", ""),
+            (209, "invalid value for prevExist".into())
+        );
+        assert_eq!(
+            err("PUT", "prevExist=", ""),
+            (209, "invalid value for prevExist".into())
+        );
+        assert_eq!(
+            err("PUT", "refresh=maybe&ttl=5", ""),
+            (209, "invalid value for refresh".into())
+        );
     }
 
     #[test]
     fn go_bool_spellings() {
         for t in ["1", "t", "T", "TRUE", "true", "True"] {
-            assert!(parse_key_request("GET", "/a", &format!("recursive={t}"), b"").unwrap().recursive);
+            assert!(
+                parse_key_request("GET", "/a", &format!("recursive={t}"), b"")
+                    .unwrap()
+                    .recursive
+            );
         }
         for f in ["0", "f", "F", "FALSE", "false", "False"] {
-            assert!(!parse_key_request("GET", "/a", &format!("recursive={f}"), b"").unwrap().recursive);
+            assert!(
+                !parse_key_request("GET", "/a", &format!("recursive={f}"), b"")
+                    .unwrap()
+                    .recursive
+            );
         }
         assert!(parse_key_request("GET", "/a", "recursive=tRUE", b"").is_err());
     }
 
     #[test]
     fn wait_only_with_get() {
-        assert_eq!(err("PUT", "wait=true", "value=q"), (209, r#""wait" can only be used with GET requests"#.into()));
+        assert_eq!(
+            err("PUT", "wait=true", "value=q"),
+            (209, r#""wait" can only be used with GET requests"#.into())
+        );
         assert_eq!(err("HEAD", "wait=true", "").0, 209);
-        let r = parse_key_request("GET", "/a", "wait=true&stream=true&waitIndex=7&recursive=true", b"").unwrap();
+        let r = parse_key_request(
+            "GET",
+            "/a",
+            "wait=true&stream=true&waitIndex=7&recursive=true",
+            b"",
+        )
+        .unwrap();
         assert!(r.wait && r.stream && r.recursive);
         assert_eq!(r.wait_index, 7);
         // stream without wait is accepted and simply ignored by a plain GET
-        assert!(parse_key_request("GET", "/a", "stream=true", b"").unwrap().stream);
+        assert!(
+            parse_key_request("GET", "/a", "stream=true", b"")
+                .unwrap()
+                .stream
+        );
     }
 
     #[test]
     fn prev_value_empty_rejected() {
-        assert_eq!(err("PUT", "prevValue=", "value=q"), (201, r#""prevValue" cannot be empty"#.into()));
+        assert_eq!(
+            err("PUT", "prevValue=", "value=q"),
+            (201, r#""prevValue" cannot be empty"#.into())
+        );
         // the first value counts
         assert_eq!(err("PUT", "prevValue=&prevValue=x", "").0, 201);
-        assert_eq!(parse_key_request("PUT", "/a", "prevValue=x", b"").unwrap().prev_value, "x");
+        assert_eq!(
+            parse_key_request("PUT", "/a", "prevValue=x", b"")
+                .unwrap()
+                .prev_value,
+            "x"
+        );
     }
 
     #[test]
     fn refresh_rules() {
-        assert_eq!(err("PUT", "refresh=true", ""), (212, "No TTL value set".into()));
-        assert_eq!(err("PUT", "refresh=true&ttl=", ""), (212, "No TTL value set".into()));
-        assert_eq!(err("PUT", "refresh=true&ttl=5", "value=x"), (211, "A value was provided on a refresh".into()));
+        assert_eq!(
+            err("PUT", "refresh=true", ""),
+            (212, "No TTL value set".into())
+        );
+        assert_eq!(
+            err("PUT", "refresh=true&ttl=", ""),
+            (212, "No TTL value set".into())
+        );
+        assert_eq!(
+            err("PUT", "refresh=true&ttl=5", "value=x"),
+            (211, "A value was provided on a refresh".into())
+        );
         let r = parse_key_request("PUT", "/a", "refresh=true&ttl=5&value=", b"").unwrap();
         assert!(r.refresh);
         assert_eq!(r.ttl, Some(5));
@@ -317,10 +419,22 @@ mod tests {
 
     #[test]
     fn form_errors() {
-        assert_eq!(err("PUT", "%zz=1", "value=1"), (210, "invalid URL escape \"%zz\"".into()));
-        assert_eq!(err("PUT", "a=1;b=2", "value=1"), (210, "invalid semicolon separator in query".into()));
-        assert_eq!(err("PUT", "", "value=1&%zq"), (210, "invalid URL escape \"%zq\"".into()));
-        assert_eq!(err("PUT", "", "value=1&%z"), (210, "invalid URL escape \"%z\"".into()));
+        assert_eq!(
+            err("PUT", "%zz=1", "value=1"),
+            (210, "invalid URL escape \"%zz\"".into())
+        );
+        assert_eq!(
+            err("PUT", "a=1;b=2", "value=1"),
+            (210, "invalid semicolon separator in query".into())
+        );
+        assert_eq!(
+            err("PUT", "", "value=1&%zq"),
+            (210, "invalid URL escape \"%zq\"".into())
+        );
+        assert_eq!(
+            err("PUT", "", "value=1&%z"),
+            (210, "invalid URL escape \"%z\"".into())
+        );
         // body is ignored for GET/DELETE, so its errors are too
         assert!(parse_key_request("DELETE", "/a", "", b"%zz").is_ok());
     }
@@ -354,14 +468,17 @@ mod tests {
     fn quorum_get_and_ttl_zero() {
         let r = parse_key_request("GET", "/a", "quorum=true&sorted=true", b"").unwrap();
         assert!(r.quorum && r.sorted && r.needs_consensus());
-        assert!(!parse_key_request("GET", "/a", "", b"").unwrap().needs_consensus());
+        assert!(!parse_key_request("GET", "/a", "", b"")
+            .unwrap()
+            .needs_consensus());
         let r = parse_key_request("PUT", "/a", "ttl=0", b"value=z").unwrap();
         assert_eq!(r.ttl, Some(0));
     }
 
     #[test]
     fn serde_roundtrip() {
-        let r = parse_key_request("PUT", "/a", "ttl=5&prevExist=true&prevIndex=3", b"value=z").unwrap();
+        let r =
+            parse_key_request("PUT", "/a", "ttl=5&prevExist=true&prevIndex=3", b"value=z").unwrap();
         let back: KeyRequest = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
     }

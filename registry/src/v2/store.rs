@@ -14,7 +14,6 @@ use super::request::{KeyRequest, Method};
 use super::stats::StoreStats;
 use super::watch::{Watch, WatcherHub};
 
-
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
 /// Expiration times before 2000-01-01T00:00:00Z are treated as "no TTL" by
@@ -155,10 +154,21 @@ impl Store {
     /// Reads a key. `sorted` is accepted for compatibility: listings are
     /// always in key order. Does not touch the stats; call
     /// [`Store::count_get`] afterwards to count it as etcd does.
-    pub fn get(&self, path: &str, recursive: bool, _sorted: bool, now: i64) -> Result<Event, V2Error> {
+    pub fn get(
+        &self,
+        path: &str,
+        recursive: bool,
+        _sorted: bool,
+        now: i64,
+    ) -> Result<Event, V2Error> {
         let p = path::clean(path);
         let n = self.lookup(&p)?;
-        let mut e = Event::new(Action::Get, visible_key(&p), n.modified_index, n.created_index);
+        let mut e = Event::new(
+            Action::Get,
+            visible_key(&p),
+            n.modified_index,
+            n.created_index,
+        );
         e.etcd_index = self.current_index;
         if let Some(ext) = e.node.as_mut() {
             n.load_into(ext, recursive, now);
@@ -312,7 +322,10 @@ impl Store {
         let mut curr = &mut self.tree.0;
         for name in path::components(dir_path) {
             let parent_path = curr.path.clone();
-            let children = curr.children.as_mut().expect("walk only descends into directories");
+            let children = curr
+                .children
+                .as_mut()
+                .expect("walk only descends into directories");
             let child = children
                 .entry(name.to_string())
                 .or_insert_with(|| Node::new_dir(path::join(&parent_path, name), new_index, None));
@@ -473,7 +486,13 @@ impl Store {
             return Err(V2Error::root_read_only(ci));
         }
         let (is_dir, old_value, created, old_expire, prev) = match self.lookup(p) {
-            Ok(n) => (n.is_dir(), n.value.clone(), n.created_index, n.expire_time, n.repr(false, now)),
+            Ok(n) => (
+                n.is_dir(),
+                n.value.clone(),
+                n.created_index,
+                n.expire_time,
+                n.repr(false, now),
+            ),
             Err(e) => {
                 self.bump(Op::Update, false);
                 return Err(e);
@@ -484,7 +503,11 @@ impl Store {
             return Err(V2Error::not_file(p, ci));
         }
         let next = ci + 1;
-        let new_value = if refresh { old_value } else { new_value.to_string() };
+        let new_value = if refresh {
+            old_value
+        } else {
+            new_value.to_string()
+        };
         let mut e = Event::new(Action::Update, p, next, created);
         e.etcd_index = next;
         e.prev_node = Some(prev);
@@ -532,7 +555,12 @@ impl Store {
         let checked = match self.lookup(p) {
             Ok(n) if n.is_dir() => Err(V2Error::not_file(p, ci)),
             Ok(n) => match n.compare(prev_value, prev_index) {
-                CompareResult::Match => Ok((n.value.clone(), n.created_index, n.expire_time, n.repr(false, now))),
+                CompareResult::Match => Ok((
+                    n.value.clone(),
+                    n.created_index,
+                    n.expire_time,
+                    n.repr(false, now),
+                )),
                 which => Err(V2Error::test_failed(
                     n.compare_fail_cause(which, prev_value, prev_index),
                     ci,
@@ -547,7 +575,11 @@ impl Store {
                 return Err(e);
             }
         };
-        let value = if refresh { old_value } else { value.to_string() };
+        let value = if refresh {
+            old_value
+        } else {
+            value.to_string()
+        };
         let next = ci + 1;
         self.current_index = next;
         let mut e = Event::new(Action::CompareAndSwap, p, next, created);
@@ -579,7 +611,11 @@ impl Store {
         let dir = dir || recursive;
         let checked = match self.lookup(p) {
             Ok(n) if n.is_dir() && !dir => Err(V2Error::not_file(n.path.clone(), ci)),
-            Ok(n) if n.is_dir() && !recursive && n.children.as_ref().is_some_and(|c| !c.is_empty()) => {
+            Ok(n)
+                if n.is_dir()
+                    && !recursive
+                    && n.children.as_ref().is_some_and(|c| !c.is_empty()) =>
+            {
                 Err(V2Error::dir_not_empty(n.path.clone(), ci))
             }
             Ok(n) => Ok((n.is_dir(), n.created_index, n.repr(false, now))),
@@ -690,7 +726,13 @@ mod tests {
     const T0: i64 = 1_795_000_000_000_000_000;
     const SEC: i64 = NANOS_PER_SEC;
 
-    fn run_at(s: &mut Store, method: &str, path: &str, query: &str, now: i64) -> Result<Event, V2Error> {
+    fn run_at(
+        s: &mut Store,
+        method: &str,
+        path: &str,
+        query: &str,
+        now: i64,
+    ) -> Result<Event, V2Error> {
         let req = parse_key_request(method, path, query, b"").expect("valid request");
         s.apply(&Command::Key { req, now }).map(|mut v| {
             assert_eq!(v.len(), 1);
@@ -701,7 +743,10 @@ mod tests {
         run_at(s, method, path, query, T0)
     }
     fn js(e: &Event) -> String {
-        String::from_utf8(e.to_json()).unwrap().trim_end().to_string()
+        String::from_utf8(e.to_json())
+            .unwrap()
+            .trim_end()
+            .to_string()
     }
     fn get(s: &Store, path: &str) -> Result<Event, V2Error> {
         s.get(path, false, false, T0)
@@ -723,7 +768,10 @@ mod tests {
     fn set_new_then_replace() {
         let mut s = Store::new();
         let e = run(&mut s, "PUT", "/foo", "value=bar").unwrap();
-        assert_eq!(js(&e), r#"{"action":"set","node":{"key":"/foo","value":"bar","modifiedIndex":1,"createdIndex":1}}"#);
+        assert_eq!(
+            js(&e),
+            r#"{"action":"set","node":{"key":"/foo","value":"bar","modifiedIndex":1,"createdIndex":1}}"#
+        );
         assert!(e.is_created());
         assert_eq!(e.etcd_index, 1);
         let e = run(&mut s, "PUT", "/foo", "value=baz").unwrap();
@@ -733,7 +781,10 @@ mod tests {
         );
         assert!(!e.is_created());
         let g = get(&s, "/foo").unwrap();
-        assert_eq!(js(&g), r#"{"action":"get","node":{"key":"/foo","value":"baz","modifiedIndex":2,"createdIndex":2}}"#);
+        assert_eq!(
+            js(&g),
+            r#"{"action":"get","node":{"key":"/foo","value":"baz","modifiedIndex":2,"createdIndex":2}}"#
+        );
         assert_eq!(g.etcd_index, 2);
     }
 
@@ -741,7 +792,10 @@ mod tests {
     fn set_empty_value_is_shown() {
         let mut s = Store::new();
         let e = run(&mut s, "PUT", "/e", "").unwrap();
-        assert_eq!(js(&e), r#"{"action":"set","node":{"key":"/e","value":"","modifiedIndex":1,"createdIndex":1}}"#);
+        assert_eq!(
+            js(&e),
+            r#"{"action":"set","node":{"key":"/e","value":"","modifiedIndex":1,"createdIndex":1}}"#
+        );
     }
 
     #[test]
@@ -750,7 +804,10 @@ mod tests {
         run(&mut s, "PUT", "/foo", "value=bar").unwrap();
         run(&mut s, "PUT", "/foo", "value=baz").unwrap();
         let e = run(&mut s, "PUT", "/foo", "prevValue=x&prevIndex=1&value=q").unwrap_err();
-        assert_eq!((e.code, e.cause.as_str(), e.index), (101, "[x != baz] [1 != 2]", 2));
+        assert_eq!(
+            (e.code, e.cause.as_str(), e.index),
+            (101, "[x != baz] [1 != 2]", 2)
+        );
         assert_eq!(e.status(), 412);
         let e = run(&mut s, "PUT", "/foo", "prevValue=x&value=q").unwrap_err();
         assert_eq!(e.cause, "[x != baz]");
@@ -778,7 +835,10 @@ mod tests {
         let mut s = Store::new();
         run(&mut s, "PUT", "/foo", "value=a").unwrap();
         let e = run(&mut s, "PUT", "/foo", "prevExist=false&value=q").unwrap_err();
-        assert_eq!((e.code, e.message.as_str(), e.cause.as_str(), e.index), (105, "Key already exists", "/foo", 1));
+        assert_eq!(
+            (e.code, e.message.as_str(), e.cause.as_str(), e.index),
+            (105, "Key already exists", "/foo", 1)
+        );
         let e = run(&mut s, "PUT", "/nope", "prevExist=true&value=q").unwrap_err();
         assert_eq!((e.code, e.cause.as_str(), e.status()), (100, "/nope", 404));
         let c = run(&mut s, "PUT", "/new", "prevExist=false&value=q").unwrap();
@@ -799,11 +859,30 @@ mod tests {
         let exp = format_rfc3339_nano(T0 + 100 * SEC);
         assert_eq!(
             js(&e),
-            format!(r#"{{"action":"set","node":{{"key":"/t","value":"z","expiration":"{exp}","ttl":100,"modifiedIndex":1,"createdIndex":1}}}}"#)
+            format!(
+                r#"{{"action":"set","node":{{"key":"/t","value":"z","expiration":"{exp}","ttl":100,"modifiedIndex":1,"createdIndex":1}}}}"#
+            )
         );
-        assert_eq!(s.get("/t", false, false, T0 + 1).unwrap().node.unwrap().ttl, 100);
-        assert_eq!(s.get("/t", false, false, T0 + SEC).unwrap().node.unwrap().ttl, 99);
-        assert_eq!(s.get("/t", false, false, T0 + SEC + 1).unwrap().node.unwrap().ttl, 99);
+        assert_eq!(
+            s.get("/t", false, false, T0 + 1).unwrap().node.unwrap().ttl,
+            100
+        );
+        assert_eq!(
+            s.get("/t", false, false, T0 + SEC)
+                .unwrap()
+                .node
+                .unwrap()
+                .ttl,
+            99
+        );
+        assert_eq!(
+            s.get("/t", false, false, T0 + SEC + 1)
+                .unwrap()
+                .node
+                .unwrap()
+                .ttl,
+            99
+        );
         assert_eq!(s.next_expiration(), Some(T0 + 100 * SEC));
         assert!(s.has_ttl_keys());
     }
@@ -845,7 +924,9 @@ mod tests {
         let exp = format_rfc3339_nano(T0 + 100 * SEC);
         assert_eq!(
             js(&u),
-            format!(r#"{{"action":"update","node":{{"key":"/g","value":"zz","modifiedIndex":2,"createdIndex":1}},"prevNode":{{"key":"/g","value":"z","expiration":"{exp}","ttl":100,"modifiedIndex":1,"createdIndex":1}}}}"#)
+            format!(
+                r#"{{"action":"update","node":{{"key":"/g","value":"zz","modifiedIndex":2,"createdIndex":1}},"prevNode":{{"key":"/g","value":"z","expiration":"{exp}","ttl":100,"modifiedIndex":1,"createdIndex":1}}}}"#
+            )
         );
         assert_eq!(s.next_expiration(), None);
         // a plain set also replaces the TTL'd node by a permanent one
@@ -866,7 +947,7 @@ mod tests {
         assert!(n.value.is_none());
         let g = get(&s, "/e").unwrap().node.unwrap();
         assert_eq!((g.modified_index, g.ttl), (1, 200)); // etcd does not bump a dir
-        // value on a directory update: 102
+                                                         // value on a directory update: 102
         let e = run(&mut s, "PUT", "/e", "prevExist=true&value=x").unwrap_err();
         assert_eq!((e.code, e.cause.as_str(), e.index), (102, "/e", 2));
         // update without ttl makes the dir permanent
@@ -895,9 +976,18 @@ mod tests {
     fn not_dir_errors() {
         let mut s = Store::new();
         run(&mut s, "PUT", "/h", "value=1").unwrap();
-        for (m, q) in [("PUT", "value=1"), ("DELETE", ""), ("POST", "value=1"), ("PUT", "prevExist=false&value=1")] {
+        for (m, q) in [
+            ("PUT", "value=1"),
+            ("DELETE", ""),
+            ("POST", "value=1"),
+            ("PUT", "prevExist=false&value=1"),
+        ] {
             let e = run(&mut s, m, "/h/x", q).unwrap_err();
-            assert_eq!((e.code, e.cause.as_str(), e.index, e.status()), (104, "/h", 1, 400), "{m} {q}");
+            assert_eq!(
+                (e.code, e.cause.as_str(), e.index, e.status()),
+                (104, "/h", 1, 400),
+                "{m} {q}"
+            );
         }
         let e = get(&s, "/h/x/y").unwrap_err();
         assert_eq!((e.code, e.cause.as_str()), (104, "/h"));
@@ -932,10 +1022,16 @@ mod tests {
             r#"{"action":"get","node":{"key":"/d","dir":true,"nodes":[{"key":"/d/a","value":"1","modifiedIndex":1,"createdIndex":1},{"key":"/d/sub","dir":true,"nodes":[{"key":"/d/sub/x","value":"2","modifiedIndex":3,"createdIndex":3}],"modifiedIndex":3,"createdIndex":3}],"modifiedIndex":1,"createdIndex":1}}"#
         );
         // a hidden key is still readable directly
-        assert_eq!(get(&s, "/d/_h").unwrap().node.unwrap().value.as_deref(), Some("h"));
+        assert_eq!(
+            get(&s, "/d/_h").unwrap().node.unwrap().value.as_deref(),
+            Some("h")
+        );
         // empty dir: no "nodes"
         run(&mut s, "PUT", "/empty", "dir=true").unwrap();
-        assert_eq!(js(&get(&s, "/empty").unwrap()), r#"{"action":"get","node":{"key":"/empty","dir":true,"modifiedIndex":4,"createdIndex":4}}"#);
+        assert_eq!(
+            js(&get(&s, "/empty").unwrap()),
+            r#"{"action":"get","node":{"key":"/empty","dir":true,"modifiedIndex":4,"createdIndex":4}}"#
+        );
     }
 
     #[test]
@@ -991,7 +1087,9 @@ mod tests {
         let exp = format_rfc3339_nano(T0 + 50 * SEC);
         assert_eq!(
             js(&d),
-            format!(r#"{{"action":"compareAndDelete","node":{{"key":"/g","modifiedIndex":2,"createdIndex":1}},"prevNode":{{"key":"/g","value":"zz","expiration":"{exp}","ttl":50,"modifiedIndex":1,"createdIndex":1}}}}"#)
+            format!(
+                r#"{{"action":"compareAndDelete","node":{{"key":"/g","modifiedIndex":2,"createdIndex":1}},"prevNode":{{"key":"/g","value":"zz","expiration":"{exp}","ttl":50,"modifiedIndex":1,"createdIndex":1}}}}"#
+            )
         );
         assert_eq!(s.next_expiration(), None);
         run(&mut s, "PUT", "/e", "dir=true").unwrap();
@@ -1013,11 +1111,18 @@ mod tests {
             ("PUT", "prevValue=a&value=b"),
         ] {
             let e = run(&mut s, m, "/", q).unwrap_err();
-            assert_eq!((e.code, e.message.as_str(), e.cause.as_str(), e.status()), (107, "Root is read only", "/", 400), "{m} {q}");
+            assert_eq!(
+                (e.code, e.message.as_str(), e.cause.as_str(), e.status()),
+                (107, "Root is read only", "/", 400),
+                "{m} {q}"
+            );
         }
         // compareAndDelete on the root: "Not a file" with an empty cause
         let e = run(&mut s, "DELETE", "/", "prevValue=a").unwrap_err();
-        assert_eq!(String::from_utf8(e.to_json()).unwrap(), "{\"errorCode\":102,\"message\":\"Not a file\",\"index\":0}\n");
+        assert_eq!(
+            String::from_utf8(e.to_json()).unwrap(),
+            "{\"errorCode\":102,\"message\":\"Not a file\",\"index\":0}\n"
+        );
         assert_eq!(s.index(), 0);
     }
 
@@ -1025,15 +1130,27 @@ mod tests {
     fn post_creates_in_order_keys() {
         let mut s = Store::new();
         let e = run(&mut s, "POST", "/", "value=a").unwrap();
-        assert_eq!(js(&e), r#"{"action":"create","node":{"key":"/00000000000000000001","value":"a","modifiedIndex":1,"createdIndex":1}}"#);
+        assert_eq!(
+            js(&e),
+            r#"{"action":"create","node":{"key":"/00000000000000000001","value":"a","modifiedIndex":1,"createdIndex":1}}"#
+        );
         assert!(e.is_created());
         let e = run(&mut s, "POST", "/q", "value=1&ttl=10").unwrap();
         assert_eq!(e.key(), "/q/00000000000000000002");
         assert_eq!(e.node.as_ref().unwrap().ttl, 10);
         let e = run(&mut s, "POST", "/q", "dir=true").unwrap();
-        assert_eq!(js(&e), r#"{"action":"create","node":{"key":"/q/00000000000000000003","dir":true,"modifiedIndex":3,"createdIndex":3}}"#);
+        assert_eq!(
+            js(&e),
+            r#"{"action":"create","node":{"key":"/q/00000000000000000003","dir":true,"modifiedIndex":3,"createdIndex":3}}"#
+        );
         // prevExist is ignored by POST
-        let e = run(&mut s, "POST", "/q/00000000000000000001", "prevExist=true&value=1").unwrap();
+        let e = run(
+            &mut s,
+            "POST",
+            "/q/00000000000000000001",
+            "prevExist=true&value=1",
+        )
+        .unwrap();
         assert_eq!(e.key(), "/q/00000000000000000001/00000000000000000004");
         let e = run(&mut s, "POST", "/q/00000000000000000002", "value=1").unwrap_err();
         assert_eq!((e.code, e.cause.as_str()), (104, "/q/00000000000000000002"));
@@ -1043,18 +1160,25 @@ mod tests {
     fn refresh_keeps_value_and_skips_watchers() {
         let mut s = Store::new();
         run(&mut s, "PUT", "/foo", "value=baz").unwrap();
-        let Watch::Pending { mut rx, .. } = s.watch("/foo", false, true, 0).unwrap() else { panic!() };
+        let Watch::Pending { mut rx, .. } = s.watch("/foo", false, true, 0).unwrap() else {
+            panic!()
+        };
         let e = run(&mut s, "PUT", "/foo", "ttl=5&refresh=true").unwrap();
         let exp = format_rfc3339_nano(T0 + 5 * SEC);
         // etcd's set-refresh re-creates the node: createdIndex changes
         assert_eq!(
             js(&e),
-            format!(r#"{{"action":"set","node":{{"key":"/foo","value":"baz","expiration":"{exp}","ttl":5,"modifiedIndex":2,"createdIndex":2}},"prevNode":{{"key":"/foo","value":"baz","modifiedIndex":1,"createdIndex":1}}}}"#)
+            format!(
+                r#"{{"action":"set","node":{{"key":"/foo","value":"baz","expiration":"{exp}","ttl":5,"modifiedIndex":2,"createdIndex":2}},"prevNode":{{"key":"/foo","value":"baz","modifiedIndex":1,"createdIndex":1}}}}"#
+            )
         );
         assert!(e.refresh);
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
         // history skips refresh events
-        assert!(matches!(s.watch("/foo", false, false, 2).unwrap(), Watch::Pending { .. }));
+        assert!(matches!(
+            s.watch("/foo", false, false, 2).unwrap(),
+            Watch::Pending { .. }
+        ));
         let e = run(&mut s, "PUT", "/foo", "prevValue=baz&refresh=true&ttl=50").unwrap();
         assert_eq!(e.action, Action::CompareAndSwap);
         assert_eq!(e.node.as_ref().unwrap().value.as_deref(), Some("baz"));
@@ -1064,8 +1188,18 @@ mod tests {
         assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
         assert_eq!(s.next_expiration(), Some(T0 + 60 * SEC));
         // refresh of a missing key: 100 both with and without prevExist
-        assert_eq!(run(&mut s, "PUT", "/j", "refresh=true&ttl=100").unwrap_err().code, 100);
-        assert_eq!(run(&mut s, "PUT", "/j", "prevExist=true&refresh=true&ttl=100").unwrap_err().code, 100);
+        assert_eq!(
+            run(&mut s, "PUT", "/j", "refresh=true&ttl=100")
+                .unwrap_err()
+                .code,
+            100
+        );
+        assert_eq!(
+            run(&mut s, "PUT", "/j", "prevExist=true&refresh=true&ttl=100")
+                .unwrap_err()
+                .code,
+            100
+        );
         // prevExist=false + refresh is a plain create with an empty value
         let c = run(&mut s, "PUT", "/i", "prevExist=false&refresh=true&ttl=100").unwrap();
         assert_eq!(c.action, Action::Create);
@@ -1078,14 +1212,18 @@ mod tests {
         run(&mut s, "PUT", "/xd", "dir=true&ttl=1").unwrap();
         run(&mut s, "PUT", "/xd/k", "value=1").unwrap();
         run(&mut s, "PUT", "/later", "value=1&ttl=10").unwrap();
-        let Watch::Pending { mut rx, .. } = s.watch("/xd/k", false, false, 0).unwrap() else { panic!() };
+        let Watch::Pending { mut rx, .. } = s.watch("/xd/k", false, false, 0).unwrap() else {
+            panic!()
+        };
         assert!(expire(&mut s, T0 + SEC - 1).is_empty());
         let ev = expire(&mut s, T0 + SEC);
         assert_eq!(ev.len(), 1);
         let exp = format_rfc3339_nano(T0 + SEC);
         assert_eq!(
             js(&ev[0]),
-            format!(r#"{{"action":"expire","node":{{"key":"/xd","dir":true,"modifiedIndex":4,"createdIndex":1}},"prevNode":{{"key":"/xd","dir":true,"expiration":"{exp}","modifiedIndex":1,"createdIndex":1}}}}"#)
+            format!(
+                r#"{{"action":"expire","node":{{"key":"/xd","dir":true,"modifiedIndex":4,"createdIndex":1}},"prevNode":{{"key":"/xd","dir":true,"expiration":"{exp}","modifiedIndex":1,"createdIndex":1}}}}"#
+            )
         );
         assert_eq!(ev[0].etcd_index, 4);
         assert_eq!(s.index(), 4);
@@ -1107,8 +1245,18 @@ mod tests {
         run_at(&mut s, "PUT", "/a", "value=1&ttl=3", T0).unwrap();
         run_at(&mut s, "PUT", "/c", "value=1&ttl=1", T0).unwrap();
         let ev = expire(&mut s, T0 + 5 * SEC);
-        let keys: Vec<_> = ev.iter().map(|e| (e.key().to_string(), e.index())).collect();
-        assert_eq!(keys, [("/c".to_string(), 4), ("/b".to_string(), 5), ("/a".to_string(), 6)]);
+        let keys: Vec<_> = ev
+            .iter()
+            .map(|e| (e.key().to_string(), e.index()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("/c".to_string(), 4),
+                ("/b".to_string(), 5),
+                ("/a".to_string(), 6)
+            ]
+        );
     }
 
     #[test]
@@ -1129,7 +1277,10 @@ mod tests {
         let _ = run(&mut s, "DELETE", "/zz", "");
         assert_eq!(s.index(), 1);
         assert_eq!(serde_json::to_string(&s.tree).unwrap(), before);
-        assert!(matches!(s.watch("/", true, false, 2).unwrap(), Watch::Pending { .. }));
+        assert!(matches!(
+            s.watch("/", true, false, 2).unwrap(),
+            Watch::Pending { .. }
+        ));
     }
 
     #[test]
@@ -1140,13 +1291,21 @@ mod tests {
         let w = s.watch("/h4", false, false, 1).unwrap();
         assert_eq!(w.etcd_index(), 2);
         let Watch::Immediate(e) = w else { panic!() };
-        assert_eq!(js(&e), r#"{"action":"set","node":{"key":"/h4","value":"b","modifiedIndex":1,"createdIndex":1}}"#);
+        assert_eq!(
+            js(&e),
+            r#"{"action":"set","node":{"key":"/h4","value":"b","modifiedIndex":1,"createdIndex":1}}"#
+        );
         assert_eq!(e.etcd_index, 2);
         // recursive from the root finds the first event at or after the index
-        let Watch::Immediate(e) = s.watch("/", true, true, 2).unwrap() else { panic!() };
+        let Watch::Immediate(e) = s.watch("/", true, true, 2).unwrap() else {
+            panic!()
+        };
         assert_eq!(e.key(), "/other");
         // future index waits
-        assert!(matches!(s.watch("/h4", false, false, 2000).unwrap(), Watch::Pending { etcd_index: 2, .. }));
+        assert!(matches!(
+            s.watch("/h4", false, false, 2000).unwrap(),
+            Watch::Pending { etcd_index: 2, .. }
+        ));
     }
 
     #[test]
@@ -1161,13 +1320,23 @@ mod tests {
             "{\"errorCode\":401,\"message\":\"The event in requested index is outdated and cleared\",\"cause\":\"the requested history has been cleared [54/42]\",\"index\":1053}\n"
         );
         assert_eq!(e.status(), 400);
-        assert!(matches!(s.watch("/bulk", false, false, 54).unwrap(), Watch::Immediate(_)));
+        assert!(matches!(
+            s.watch("/bulk", false, false, 54).unwrap(),
+            Watch::Immediate(_)
+        ));
     }
 
     #[test]
     fn one_shot_watch_gets_next_change_with_its_etcd_index() {
         let mut s = Store::new();
-        let Watch::Pending { id: _, mut rx, etcd_index } = s.watch("/a", false, false, 0).unwrap() else { panic!() };
+        let Watch::Pending {
+            id: _,
+            mut rx,
+            etcd_index,
+        } = s.watch("/a", false, false, 0).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(etcd_index, 0);
         assert_eq!(s.watcher_count(), 1);
         assert_eq!(s.stats().watchers, 1);
@@ -1196,7 +1365,9 @@ mod tests {
             ("/w/sub/nonexist", false),
             ("/wx", false),
         ] {
-            let Watch::Pending { rx: r, .. } = s.watch(p, rec, true, 0).unwrap() else { panic!() };
+            let Watch::Pending { rx: r, .. } = s.watch(p, rec, true, 0).unwrap() else {
+                panic!()
+            };
             rx.push(r);
         }
         run(&mut s, "PUT", "/w/_hid", "value=1").unwrap();
@@ -1237,16 +1408,26 @@ mod tests {
         assert_eq!(key_of(s.watch("/wx", false, false, 4).unwrap()), "/w");
         assert_eq!(key_of(s.watch("/w/su", false, false, 4).unwrap()), "/w");
         // the history does not filter hidden keys
-        assert_eq!(key_of(s.watch("/w/_hid", false, false, 2).unwrap()), "/w/_hid");
+        assert_eq!(
+            key_of(s.watch("/w/_hid", false, false, 2).unwrap()),
+            "/w/_hid"
+        );
         assert_eq!(key_of(s.watch("/w", true, false, 2).unwrap()), "/w/_hid");
-        assert_eq!(key_of(s.watch("/w/sub", true, false, 2).unwrap()), "/w/sub/_hid2/x");
+        assert_eq!(
+            key_of(s.watch("/w/sub", true, false, 2).unwrap()),
+            "/w/sub/_hid2/x"
+        );
     }
 
     #[test]
     fn live_watchers_skip_hidden_keys_unless_watched_directly() {
         let mut s = Store::new();
-        let Watch::Pending { rx: mut rec, .. } = s.watch("/", true, true, 0).unwrap() else { panic!() };
-        let Watch::Pending { rx: mut direct, .. } = s.watch("/_h", false, true, 0).unwrap() else { panic!() };
+        let Watch::Pending { rx: mut rec, .. } = s.watch("/", true, true, 0).unwrap() else {
+            panic!()
+        };
+        let Watch::Pending { rx: mut direct, .. } = s.watch("/_h", false, true, 0).unwrap() else {
+            panic!()
+        };
         run(&mut s, "PUT", "/_h", "value=1").unwrap();
         run(&mut s, "PUT", "/v", "value=1").unwrap();
         assert_eq!(rec.try_recv().unwrap().key(), "/v");
@@ -1257,10 +1438,14 @@ mod tests {
     #[test]
     fn unwatch_and_slow_stream_watcher() {
         let mut s = Store::new();
-        let Watch::Pending { id, .. } = s.watch("/a", false, true, 0).unwrap() else { panic!() };
+        let Watch::Pending { id, .. } = s.watch("/a", false, true, 0).unwrap() else {
+            panic!()
+        };
         s.unwatch(id);
         assert_eq!(s.watcher_count(), 0);
-        let Watch::Pending { mut rx, .. } = s.watch("/a", false, true, 0).unwrap() else { panic!() };
+        let Watch::Pending { mut rx, .. } = s.watch("/a", false, true, 0).unwrap() else {
+            panic!()
+        };
         for i in 0..150 {
             run(&mut s, "PUT", "/a", &format!("value={i}")).unwrap();
         }
@@ -1275,7 +1460,9 @@ mod tests {
     #[test]
     fn watch_since_index_in_future() {
         let mut s = Store::new();
-        let Watch::Pending { mut rx, .. } = s.watch("/a", false, false, 3).unwrap() else { panic!() };
+        let Watch::Pending { mut rx, .. } = s.watch("/a", false, false, 3).unwrap() else {
+            panic!()
+        };
         run(&mut s, "PUT", "/a", "value=1").unwrap();
         run(&mut s, "PUT", "/a", "value=2").unwrap();
         assert!(rx.try_recv().is_err());
@@ -1308,10 +1495,16 @@ mod tests {
         let st = s.stats();
         assert_eq!((st.set_success, st.set_fail), (2, 4));
         assert_eq!((st.create_success, st.create_fail), (0, 2));
-        assert_eq!((st.compare_and_delete_success, st.compare_and_delete_fail), (2, 1));
+        assert_eq!(
+            (st.compare_and_delete_success, st.compare_and_delete_fail),
+            (2, 1)
+        );
         assert_eq!((st.delete_success, st.delete_fail), (1, 1));
         assert_eq!((st.update_success, st.update_fail), (1, 1));
-        assert_eq!((st.compare_and_swap_success, st.compare_and_swap_fail), (1, 1));
+        assert_eq!(
+            (st.compare_and_swap_success, st.compare_and_swap_fail),
+            (1, 1)
+        );
         assert_eq!((st.get_success, st.get_fail), (2, 2));
         assert_eq!(s.index(), 2);
     }
@@ -1330,7 +1523,8 @@ mod tests {
     fn no_value_on_success_on_a_real_set() {
         let mut s = Store::new();
         run(&mut s, "PUT", "/foo", "value=a").unwrap();
-        let req = parse_key_request("PUT", "/foo", "ttl=5&noValueOnSuccess=true", b"value=a").unwrap();
+        let req =
+            parse_key_request("PUT", "/foo", "ttl=5&noValueOnSuccess=true", b"value=a").unwrap();
         assert!(req.no_value_on_success);
         let mut e = s.apply(&Command::Key { req, now: T0 }).unwrap().remove(0);
         // etcd decides 200/201 before stripping: it answered 200 here
@@ -1345,7 +1539,10 @@ mod tests {
         let mut s = Store::new();
         let req = parse_key_request("PUT", "/h2", "", b"value=%3Ca%26b%3E%E2%80%A8%01").unwrap();
         let e = s.apply(&Command::Key { req, now: T0 }).unwrap().remove(0);
-        assert_eq!(js(&e), r#"{"action":"set","node":{"key":"/h2","value":"\u003ca\u0026b\u003e\u2028\u0001","modifiedIndex":1,"createdIndex":1}}"#);
+        assert_eq!(
+            js(&e),
+            r#"{"action":"set","node":{"key":"/h2","value":"\u003ca\u0026b\u003e\u2028\u0001","modifiedIndex":1,"createdIndex":1}}"#
+        );
     }
 
     #[test]
@@ -1360,12 +1557,26 @@ mod tests {
         assert_eq!(r.index(), 3);
         assert_eq!(r.watcher_count(), 0);
         assert_eq!(r.next_expiration(), s.next_expiration());
-        assert_eq!(r.stats(), StoreStats { watchers: 0, ..s.stats() });
-        assert_eq!(js(&r.get("/", true, true, T0).unwrap()), js(&s.get("/", true, true, T0).unwrap()));
+        assert_eq!(
+            r.stats(),
+            StoreStats {
+                watchers: 0,
+                ..s.stats()
+            }
+        );
+        assert_eq!(
+            js(&r.get("/", true, true, T0).unwrap()),
+            js(&s.get("/", true, true, T0).unwrap())
+        );
         // history survives, including the refresh flag
-        let Watch::Immediate(e) = r.watch("/a/b", false, false, 1).unwrap() else { panic!() };
+        let Watch::Immediate(e) = r.watch("/a/b", false, false, 1).unwrap() else {
+            panic!()
+        };
         assert_eq!(e.index(), 1);
-        assert!(matches!(r.watch("/c", false, false, 3).unwrap(), Watch::Pending { .. }));
+        assert!(matches!(
+            r.watch("/c", false, false, 3).unwrap(),
+            Watch::Pending { .. }
+        ));
         // both evolve identically
         let a = expire(&mut s, T0 + 20 * SEC);
         let b = expire(&mut r, T0 + 20 * SEC);
@@ -1376,7 +1587,9 @@ mod tests {
     #[test]
     fn restore_keeps_watchers() {
         let mut s = Store::new();
-        let Watch::Pending { mut rx, .. } = s.watch("/a", false, false, 0).unwrap() else { panic!() };
+        let Watch::Pending { mut rx, .. } = s.watch("/a", false, false, 0).unwrap() else {
+            panic!()
+        };
         let mut other = Store::new();
         run(&mut other, "PUT", "/x", "value=1").unwrap();
         s.restore(other.clone_without_watchers());
@@ -1389,9 +1602,18 @@ mod tests {
     #[test]
     fn command_serde_roundtrip_and_determinism() {
         let cmds = vec![
-            Command::Key { req: parse_key_request("PUT", "/a", "ttl=3", b"value=1").unwrap(), now: T0 },
-            Command::Key { req: parse_key_request("POST", "/q", "", b"value=1").unwrap(), now: T0 + 1 },
-            Command::Key { req: parse_key_request("DELETE", "/a", "prevValue=1", b"").unwrap(), now: T0 + 2 },
+            Command::Key {
+                req: parse_key_request("PUT", "/a", "ttl=3", b"value=1").unwrap(),
+                now: T0,
+            },
+            Command::Key {
+                req: parse_key_request("POST", "/q", "", b"value=1").unwrap(),
+                now: T0 + 1,
+            },
+            Command::Key {
+                req: parse_key_request("DELETE", "/a", "prevValue=1", b"").unwrap(),
+                now: T0 + 2,
+            },
             Command::Expire { now: T0 + 10 * SEC },
         ];
         let json = serde_json::to_string(&cmds).unwrap();
@@ -1402,6 +1624,9 @@ mod tests {
         for c in &cmds {
             assert_eq!(a.apply(c), b.apply(c));
         }
-        assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            serde_json::to_string(&b).unwrap()
+        );
     }
 }

@@ -131,22 +131,48 @@ mod tests {
         assert_eq!(format_rfc3339_nano(t - 2), "2026-11-22T14:46:12.953718Z");
         let t2 = parse_rfc3339_nano("2026-11-22T14:46:31.38226351Z").unwrap();
         assert_eq!(t2 % 1_000_000_000, 382_263_510);
-        assert_eq!(format_rfc3339_nano(1_500_000_000_000_000_000), "2017-07-14T02:40:00Z");
-        assert_eq!(format_rfc3339_nano(1_500_000_000_100_000_000), "2017-07-14T02:40:00.1Z");
-        assert_eq!(format_rfc3339_nano(946_684_800_000_000_000), "2000-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339_nano(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
+        assert_eq!(
+            format_rfc3339_nano(1_500_000_000_000_000_000),
+            "2017-07-14T02:40:00Z"
+        );
+        assert_eq!(
+            format_rfc3339_nano(1_500_000_000_100_000_000),
+            "2017-07-14T02:40:00.1Z"
+        );
+        assert_eq!(
+            format_rfc3339_nano(946_684_800_000_000_000),
+            "2000-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            format_rfc3339_nano(951_782_400_000_000_001),
+            "2000-02-29T00:00:00.000000001Z"
+        );
     }
 
     #[test]
     fn before_epoch() {
         assert_eq!(format_rfc3339_nano(-1), "1969-12-31T23:59:59.999999999Z");
-        assert_eq!(format_rfc3339_nano(i64::MIN), "1677-09-21T00:12:43.145224192Z");
-        assert_eq!(format_rfc3339_nano(i64::MAX), "2262-04-11T23:47:16.854775807Z");
+        assert_eq!(
+            format_rfc3339_nano(i64::MIN),
+            "1677-09-21T00:12:43.145224192Z"
+        );
+        assert_eq!(
+            format_rfc3339_nano(i64::MAX),
+            "2262-04-11T23:47:16.854775807Z"
+        );
     }
 
     #[test]
     fn roundtrip() {
-        for &t in &[0i64, 1, -1, 123_456_789, 1_795_000_000_123_000_000, i64::MAX, i64::MIN + 1] {
+        for &t in &[
+            0i64,
+            1,
+            -1,
+            123_456_789,
+            1_795_000_000_123_000_000,
+            i64::MAX,
+            i64::MIN + 1,
+        ] {
             assert_eq!(parse_rfc3339_nano(&format_rfc3339_nano(t)), Some(t), "{t}");
         }
         assert_eq!(parse_rfc3339_nano("1970-01-01T01:00:00+01:00"), Some(0));

@@ -88,13 +88,16 @@ impl WatcherHub {
         self.next_id += 1;
         let id = self.next_id;
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
-        self.watchers.entry(key.to_string()).or_default().push(Watcher {
-            id,
-            tx,
-            recursive,
-            stream,
-            since_index,
-        });
+        self.watchers
+            .entry(key.to_string())
+            .or_default()
+            .push(Watcher {
+                id,
+                tx,
+                recursive,
+                stream,
+                since_index,
+            });
         self.paths.insert(id, key.to_string());
         (id, rx)
     }
@@ -124,7 +127,8 @@ impl WatcherHub {
         let mut removed = Vec::new();
         if visible {
             for w in list.iter() {
-                let interested = (w.recursive || original_path || deleted) && e.index() >= w.since_index;
+                let interested =
+                    (w.recursive || original_path || deleted) && e.index() >= w.since_index;
                 if !interested {
                     continue;
                 }
@@ -194,7 +198,10 @@ mod tests {
         hub.notify(&ev("/a", 1));
         assert_eq!(hub.count(), 0);
         assert_eq!(rx.try_recv().unwrap().index(), 1);
-        assert!(matches!(rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert!(matches!(
+            rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
     }
 
     #[test]
@@ -235,7 +242,10 @@ mod tests {
             assert_eq!(e.index(), n);
         }
         assert_eq!(n, 100);
-        assert!(matches!(rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert!(matches!(
+            rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
     }
 
     #[test]
