@@ -437,13 +437,10 @@ impl Node {
             name: String::new(),
             peer_urls: peer_urls.to_vec(),
         };
-        let mut add = BTreeMap::new();
-        add.insert(id, member);
-        match self
-            .raft
-            .change_membership(ChangeMembers::AddVoters(add), false)
-            .await
-        {
+        // The new member joins as a learner: that commits with the current quorum, so the
+        // add answers at once even when the new member is not running yet (as etcd's does).
+        // The leader promotes it to a voter once it has caught up (see `promote_learners`).
+        match self.raft.add_learner(id, member, false).await {
             Ok(_) => {
                 let info = MemberInfo {
                     id,
@@ -536,7 +533,56 @@ impl Node {
             let shutdown = shutdown.clone();
             async move { node.expire_loop(shutdown).await }
         };
-        tokio::join!(publish, expire);
+        let promote = {
+            let node = self.clone();
+            let shutdown = shutdown.clone();
+            async move { node.promote_learners(shutdown).await }
+        };
+        tokio::join!(publish, expire, promote);
+    }
+
+    /// While leader, turns every learner whose log has caught up into a voter.
+    async fn promote_learners(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let metrics = self.raft.metrics().borrow().clone();
+            if metrics.state != ServerState::Leader {
+                continue;
+            }
+            let membership = metrics.membership_config.membership().clone();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            let last = metrics.last_log_index.unwrap_or(0);
+            let Some(replication) = metrics.replication.as_ref() else {
+                continue;
+            };
+            let ready: BTreeSet<NodeId> = membership
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| !voters.contains(id))
+                .filter(|id| {
+                    replication
+                        .get(id)
+                        .and_then(|m| m.map(|l| l.index))
+                        .is_some_and(|matched| matched + 100 >= last)
+                })
+                .collect();
+            if ready.is_empty() {
+                continue;
+            }
+            tracing::info!(learners = ?ready, "promoting caught-up learners to voters");
+            if let Err(e) = self
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(ready), true)
+                .await
+            {
+                tracing::warn!(error = %e, "promoting learners failed; will retry");
+            }
+        }
     }
 
     async fn publish_attributes(&self, shutdown: CancellationToken) {

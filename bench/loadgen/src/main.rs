@@ -1,0 +1,622 @@
+//! berth-loadgen: drives the etcd v2 HTTP API (berth's registry or etcd 3.4 with
+//! `--enable-v2`) with N concurrent keep-alive connections and prints one JSON object.
+//!
+//! Modes:
+//! - `put`:   PUT /v2/keys/bench/<worker>-<n> value=<64 bytes>
+//! - `get`:   pre-write `--keys` keys, then local GETs of random keys
+//! - `qget`:  same, with `?quorum=true`
+//! - `watch`: open `--watchers` long-poll watchers (`?wait=true`) on one member, each on its
+//!   own connection, then issue one write and time how long each watcher takes to answer
+//! - `fill`:  write `--requests` keys (for the RSS measurement)
+//!
+//! One connection per worker; workers are spread round-robin over the member client URLs
+//! (`--endpoints`), unless `--endpoint` or `--to-leader` picks a single one.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Put,
+    Get,
+    Qget,
+    Watch,
+    Fill,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Load generator for the etcd v2 HTTP API")]
+struct Args {
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// All members' client URLs, comma separated (http://127.0.0.1:2379,...).
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// Send everything to this one client URL instead of round-robin.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Send everything to the current leader (found with GET /v2/members/leader).
+    #[arg(long)]
+    to_leader: bool,
+    /// Concurrent connections (one worker each).
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up seconds, not measured.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Fixed total request count instead of a duration (no warm-up).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Size of the key set pre-written for `get`/`qget`.
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    /// Number of watchers for `watch`.
+    #[arg(long, default_value_t = 10_000)]
+    watchers: usize,
+    /// Concurrent connection attempts while opening watchers.
+    #[arg(long, default_value_t = 200)]
+    connect_parallelism: usize,
+    /// "answered within" threshold for `watch`, milliseconds.
+    #[arg(long, default_value_t = 100)]
+    watch_deadline_ms: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 64)]
+    value_size: usize,
+    /// Key prefix under /v2/keys.
+    #[arg(long, default_value = "bench")]
+    prefix: String,
+    /// Free-form label copied into the JSON output.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+fn authority(url: &str) -> String {
+    let s = url.trim();
+    let s = s.strip_prefix("http://").unwrap_or(s);
+    s.trim_end_matches('/').to_string()
+}
+
+struct Conn {
+    addr: String,
+    sender: SendRequest<Full<Bytes>>,
+}
+
+struct Reply {
+    status: StatusCode,
+    etcd_index: Option<u64>,
+    body: Bytes,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Result<Conn> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn {
+            addr: addr.to_string(),
+            sender,
+        })
+    }
+
+    fn build(&self, method: Method, path: &str, body: Option<Bytes>) -> Request<Full<Bytes>> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.addr);
+        if body.is_some() {
+            b = b.header(
+                hyper::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+        }
+        b.body(Full::new(body.unwrap_or_default())).expect("valid request")
+    }
+
+    async fn call(&mut self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply> {
+        self.sender.ready().await?;
+        let req = self.build(method, path, body);
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        let etcd_index = resp
+            .headers()
+            .get("x-etcd-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Reply {
+            status,
+            etcd_index,
+            body,
+        })
+    }
+
+    /// Like `call`, but reconnects once if the connection was closed under us.
+    async fn call_retry_conn(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Reply> {
+        if self.sender.is_closed() {
+            *self = Conn::open(&self.addr).await?;
+        }
+        self.call(method, path, body).await
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    // microseconds, 1 us .. 120 s, 3 significant digits
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+fn ms(us: u64) -> f64 {
+    (us as f64) / 1000.0
+}
+
+fn lat_json(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return json!(null);
+    }
+    json!({
+        "p50": ms(h.value_at_quantile(0.50)),
+        "p90": ms(h.value_at_quantile(0.90)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "max": ms(h.max()),
+        "mean": h.mean() / 1000.0,
+    })
+}
+
+#[derive(Default)]
+struct WorkerOut {
+    ok: u64,
+    errors: u64,
+}
+
+struct Errors {
+    count: AtomicU64,
+    samples: std::sync::Mutex<Vec<String>>,
+}
+
+impl Errors {
+    fn new() -> Arc<Self> {
+        Arc::new(Errors {
+            count: AtomicU64::new(0),
+            samples: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+    fn add(&self, msg: String) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut s = self.samples.lock().unwrap();
+        if s.len() < 8 {
+            s.push(msg);
+        }
+    }
+}
+
+fn value_body(size: usize) -> Bytes {
+    let v: String = (0..size)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    Bytes::from(format!("value={v}"))
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn ok_status(mode: Mode, s: StatusCode) -> bool {
+    match mode {
+        Mode::Put | Mode::Fill => s == StatusCode::OK || s == StatusCode::CREATED,
+        _ => s == StatusCode::OK,
+    }
+}
+
+async fn find_leader(endpoints: &[String]) -> Result<String> {
+    let mut last = anyhow!("no endpoints");
+    for ep in endpoints {
+        let r = async {
+            let mut c = Conn::open(&authority(ep)).await?;
+            let r = c.call(Method::GET, "/v2/members/leader", None).await?;
+            if r.status != StatusCode::OK {
+                bail!("GET /v2/members/leader on {ep}: {}", r.status);
+            }
+            let v: Value = serde_json::from_slice(&r.body)?;
+            let url = v["clientURLs"][0]
+                .as_str()
+                .ok_or_else(|| anyhow!("no clientURLs in {v}"))?;
+            Ok(url.to_string())
+        }
+        .await;
+        match r {
+            Ok(u) => return Ok(u),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Runs `conns` workers. With `total` set, they share that many requests (no warm-up);
+/// otherwise they run for warm-up + duration and only the measured window is recorded.
+async fn run_load(
+    args: &Args,
+    targets: &[String],
+    mode: Mode,
+    total: Option<u64>,
+    key_base: &str,
+) -> Result<Value> {
+    let conns = args.conns.max(1);
+    let value = value_body(args.value_size);
+    let errors = Errors::new();
+
+    // Open every connection first, so connection setup is not measured.
+    let mut opened = Vec::with_capacity(conns);
+    for w in 0..conns {
+        let addr = authority(&targets[w % targets.len()]);
+        opened.push(Conn::open(&addr).await?);
+    }
+
+    let next_req = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let measure_start = if total.is_some() {
+        start
+    } else {
+        start + Duration::from_secs_f64(args.warmup)
+    };
+    let end = measure_start + Duration::from_secs_f64(args.duration);
+
+    let mut handles = Vec::with_capacity(conns);
+    for (w, mut conn) in opened.into_iter().enumerate() {
+        let value = value.clone();
+        let errors = errors.clone();
+        let next_req = next_req.clone();
+        let key_base = key_base.to_string();
+        let nkeys = args.keys.max(1);
+        handles.push(tokio::spawn(async move {
+            let mut hist = new_hist();
+            let mut out = WorkerOut::default();
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((w as u64 + 1) * 0x1000_0001));
+            let mut n: u64 = 0;
+            loop {
+                let (method, path, body) = match total {
+                    Some(t) => {
+                        let i = next_req.fetch_add(1, Ordering::Relaxed);
+                        if i >= t {
+                            break;
+                        }
+                        match mode {
+                            Mode::Fill => (
+                                Method::PUT,
+                                format!("/v2/keys/{key_base}/{i}"),
+                                Some(value.clone()),
+                            ),
+                            _ => (
+                                Method::PUT,
+                                format!("/v2/keys/{key_base}/{w}-{i}"),
+                                Some(value.clone()),
+                            ),
+                        }
+                    }
+                    None => match mode {
+                        Mode::Put | Mode::Fill => (
+                            Method::PUT,
+                            format!("/v2/keys/{key_base}/{w}-{n}"),
+                            Some(value.clone()),
+                        ),
+                        Mode::Get => (
+                            Method::GET,
+                            format!("/v2/keys/{key_base}/{}", rng.next() % nkeys),
+                            None,
+                        ),
+                        Mode::Qget => (
+                            Method::GET,
+                            format!("/v2/keys/{key_base}/{}?quorum=true", rng.next() % nkeys),
+                            None,
+                        ),
+                        Mode::Watch => unreachable!(),
+                    },
+                };
+                let t0 = Instant::now();
+                if total.is_none() && t0 >= end {
+                    break;
+                }
+                n += 1;
+                let r = conn.call_retry_conn(method, &path, body).await;
+                let t1 = Instant::now();
+                let measured = t0 >= measure_start && (total.is_some() || t1 <= end);
+                let good = match &r {
+                    Ok(rep) if ok_status(mode, rep.status) => true,
+                    Ok(rep) => {
+                        if measured {
+                            let b = String::from_utf8_lossy(&rep.body);
+                            errors.add(format!("{} {path}: {}", rep.status, b.trim()));
+                        }
+                        false
+                    }
+                    Err(e) => {
+                        if measured {
+                            errors.add(format!("{path}: {e:#}"));
+                        }
+                        false
+                    }
+                };
+                if measured {
+                    if good {
+                        out.ok += 1;
+                        let us = (t1 - t0).as_micros() as u64;
+                        hist.saturating_record(us.max(1));
+                    } else {
+                        out.errors += 1;
+                    }
+                }
+                if r.is_err() {
+                    // Back off briefly, then reconnect on the next iteration.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    if let Ok(c) = Conn::open(&conn.addr).await {
+                        conn = c;
+                    }
+                }
+            }
+            (hist, out)
+        }));
+    }
+
+    let mut hist = new_hist();
+    let mut ok = 0;
+    let mut errs = 0;
+    for h in handles {
+        let (wh, out) = h.await?;
+        hist.add(&wh).ok();
+        ok += out.ok;
+        errs += out.errors;
+    }
+    let elapsed = if total.is_some() {
+        start.elapsed().as_secs_f64()
+    } else {
+        args.duration
+    };
+    let samples = errors.samples.lock().unwrap().clone();
+    Ok(json!({
+        "requests": ok,
+        "errors": errs,
+        "elapsed_s": elapsed,
+        "rps": (ok as f64) / elapsed,
+        "latency_ms": lat_json(&hist),
+        "error_samples": samples,
+    }))
+}
+
+async fn run_watch(args: &Args, target: &str) -> Result<Value> {
+    let addr = authority(target);
+    let key_path = format!("/v2/keys/{}/watchkey", args.prefix);
+    let value = value_body(args.value_size);
+
+    // Create the key and learn the current index; watchers wait for index+1, so a watcher
+    // whose registration lands after the write still answers (from the event history).
+    let mut writer = Conn::open(&addr).await?;
+    let r = writer.call(Method::PUT, &key_path, Some(value.clone())).await?;
+    if !r.status.is_success() {
+        bail!("initial PUT {key_path}: {} {:?}", r.status, r.body);
+    }
+    let idx = r
+        .etcd_index
+        .ok_or_else(|| anyhow!("no X-Etcd-Index on PUT reply"))?;
+    let wait_path = format!("{key_path}?wait=true&waitIndex={}", idx + 1);
+
+    let n = args.watchers;
+    let sem = Arc::new(Semaphore::new(args.connect_parallelism.max(1)));
+    let registered = Arc::new(AtomicUsize::new(0));
+    let errors = Errors::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Instant, bool)>();
+    let setup_start = Instant::now();
+    for _ in 0..n {
+        let sem = sem.clone();
+        let registered = registered.clone();
+        let errors = errors.clone();
+        let done_tx = done_tx.clone();
+        let addr = addr.clone();
+        let wait_path = wait_path.clone();
+        tokio::spawn(async move {
+            let r: Result<()> = async {
+                let mut conn = {
+                    let _permit = sem.acquire().await?;
+                    let c = Conn::open(&addr).await?;
+                    c
+                };
+                conn.sender.ready().await?;
+                let req = conn.build(Method::GET, &wait_path, None);
+                let resp = conn.sender.send_request(req).await?;
+                // Both etcd and berth send the headers as soon as the watcher is registered.
+                registered.fetch_add(1, Ordering::Relaxed);
+                let status = resp.status();
+                let body = resp.into_body().collect().await?.to_bytes();
+                let t = Instant::now();
+                let good = status == StatusCode::OK && !body.is_empty();
+                if !good {
+                    errors.add(format!(
+                        "watcher: {status} {}",
+                        String::from_utf8_lossy(&body).trim()
+                    ));
+                }
+                let _ = done_tx.send((t, good));
+                drop(conn);
+                Ok(())
+            }
+            .await;
+            if let Err(e) = r {
+                errors.add(format!("watcher: {e:#}"));
+                let _ = done_tx.send((Instant::now(), false));
+            }
+        });
+    }
+    drop(done_tx);
+
+    // Wait until every watcher is registered (or has failed), at most 120 s.
+    let setup_deadline = setup_start + Duration::from_secs(120);
+    loop {
+        let reg = registered.load(Ordering::Relaxed);
+        let failed = errors.count.load(Ordering::Relaxed) as usize;
+        if reg + failed >= n || Instant::now() > setup_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let setup_s = setup_start.elapsed().as_secs_f64();
+    let reg_before = registered.load(Ordering::Relaxed);
+    let failed_before = errors.count.load(Ordering::Relaxed);
+    // Let the server settle (accept queues drained, watcher tasks parked).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let t0 = Instant::now();
+    let w = writer.call(Method::PUT, &key_path, Some(value.clone())).await;
+    let write_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let write_status = match &w {
+        Ok(r) => r.status.as_u16().to_string(),
+        Err(e) => format!("error: {e:#}"),
+    };
+
+    let mut hist = new_hist();
+    let mut answered = 0usize;
+    let mut within = 0usize;
+    let mut bad = 0usize;
+    let deadline = t0 + Duration::from_secs(30);
+    let limit = Duration::from_millis(args.watch_deadline_ms);
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match tokio::time::timeout(deadline - now, done_rx.recv()).await {
+            Ok(Some((t, good))) => {
+                if !good {
+                    bad += 1;
+                    continue;
+                }
+                let d = t.saturating_duration_since(t0);
+                answered += 1;
+                if d <= limit {
+                    within += 1;
+                }
+                hist.saturating_record((d.as_micros() as u64).max(1));
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let samples = errors.samples.lock().unwrap().clone();
+    Ok(json!({
+        "watchers": n,
+        "registered_before_write": reg_before,
+        "failed_before_write": failed_before,
+        "setup_s": setup_s,
+        "write_status": write_status,
+        "write_ms": write_ms,
+        "answered": answered,
+        "answered_within_deadline": within,
+        "deadline_ms": args.watch_deadline_ms,
+        "failed": bad,
+        "errors": errors.count.load(Ordering::Relaxed),
+        "latency_ms": lat_json(&hist),
+        "error_samples": samples,
+    }))
+}
+
+async fn prewrite(args: &Args, targets: &[String], key_base: &str) -> Result<Value> {
+    let mut a = args.clone();
+    a.conns = 16;
+    run_load(&a, targets, Mode::Fill, Some(args.keys), key_base).await
+}
+
+async fn real_main(args: Args) -> Result<Value> {
+    let mut targets: Vec<String> = args.endpoints.clone();
+    let mut target_desc = "round-robin".to_string();
+    if let Some(ep) = &args.endpoint {
+        targets = vec![ep.clone()];
+        target_desc = format!("endpoint {ep}");
+    } else if args.to_leader {
+        let l = find_leader(&args.endpoints).await?;
+        target_desc = format!("leader {l}");
+        targets = vec![l];
+    }
+    let started = Instant::now();
+    let result = match args.mode {
+        Mode::Put => {
+            let base = format!("{}/put", args.prefix);
+            run_load(&args, &targets, Mode::Put, args.requests, &base).await?
+        }
+        Mode::Fill => {
+            let total = args.requests.unwrap_or(args.keys);
+            let base = format!("{}/fill", args.prefix);
+            run_load(&args, &targets, Mode::Fill, Some(total), &base).await?
+        }
+        Mode::Get | Mode::Qget => {
+            let base = format!("{}/get", args.prefix);
+            let pre = prewrite(&args, &args.endpoints, &base).await?;
+            if pre["errors"].as_u64().unwrap_or(0) > 0 {
+                eprintln!("warning: pre-write errors: {pre}");
+            }
+            run_load(&args, &targets, args.mode, args.requests, &base).await?
+        }
+        Mode::Watch => {
+            let t = args.endpoint.clone().unwrap_or_else(|| targets[0].clone());
+            target_desc = format!("endpoint {t}");
+            run_watch(&args, &t).await?
+        }
+    };
+    let mut out = json!({
+        "label": args.label,
+        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "target": target_desc,
+        "conns": args.conns,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "value_size": args.value_size,
+        "wall_s": started.elapsed().as_secs_f64(),
+    });
+    if let (Value::Object(o), Value::Object(r)) = (&mut out, result) {
+        for (k, v) in r {
+            o.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let v = rt.block_on(real_main(args))?;
+    println!("{}", serde_json::to_string(&v)?);
+    // Don't wait for lingering watcher/connection tasks.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
