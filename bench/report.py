@@ -129,10 +129,18 @@ def cmd_collect(a):
             results.setdefault(r["system"], {})[r["workload"]] = r
     profile = {}
     if a.profile and os.path.isdir(a.profile):
-        for name in ("top-leader.txt", "top-all.txt", "vmstat.txt", "perf-top.txt", "perf-threads.txt"):
+        for name in ("top-leader.txt", "top-all.txt", "vmstat.txt", "perf-top.txt", "perf-threads.txt",
+                     "perf-children.txt"):
             t = read_text(os.path.join(a.profile, name))
             if t is not None:
                 profile[name] = t
+        for name in ("diskstats.json", "loadgen.json"):
+            t = read_text(os.path.join(a.profile, name))
+            if t:
+                try:
+                    profile[name] = json.loads(t)
+                except ValueError:
+                    profile[name] = t
     out = {
         "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": a.settings,
@@ -410,16 +418,38 @@ def cmd_render(a):
     w("")
     prof = d.get("profile") or {}
     if prof:
-        w("Evidence captured by `bench/run` on the leader during the round-robin 64-connection PUT run "
+        w("Evidence captured by `bench/run` during a separate, unmeasured round-robin 64-connection PUT run against berth "
           "(raw files in `/var/tmp/berth-bench/profile/`):")
         w("")
+        lg, ds = prof.get("loadgen.json"), prof.get("diskstats.json")
+        if isinstance(lg, dict) and lg.get("rps"):
+            w(f"Profiled run: {fmt(lg['rps'])} req/s, p50 {fmt(lat(lg, 'p50'))} ms, p99 {fmt(lat(lg, 'p99'))} ms "
+              f"(with the samplers running).")
+            w("")
+        if isinstance(ds, dict) and isinstance(lg, dict) and lg.get("rps"):
+            fl = ds.get("flushes_per_s") or 0
+            per = fl / 3 if fl else 0
+            w(f"Disk `{ds['device']}` during the sampling window: {fmt(float(ds['writes_per_s']))} write I/Os/s and "
+              f"{fmt(float(fl))} cache flushes/s for all three members together"
+              + (f", i.e. about {per:,.0f} fsyncs/s per member, about {lg['rps'] / per:.1f} client writes per fsync "
+                 f"(flush count is an approximation of fsync count: ext4 issues one flush per fsync with data)."
+                 if per else "."))
+            w("")
         cl = cpu_line(prof.get("top-all.txt"))
         if cl:
-            w(f"Whole machine (top, 2 s): `{cl}`")
+            w(f"Whole machine (top, 4 s): `{cl}`")
+            w("")
+        ta = top_threads(prof.get("top-all.txt"), 8)
+        if ta:
+            w("Busiest processes (`top`, 4 s interval):")
+            w("")
+            w("```")
+            w(ta)
+            w("```")
             w("")
         tt = top_threads(prof.get("top-leader.txt"))
         if tt:
-            w("Busiest threads of the leader (`top -H`, 3 s interval):")
+            w("Busiest threads of the leader (`top -H`, 4 s interval):")
             w("")
             w("```")
             w(tt)
@@ -427,7 +457,7 @@ def cmd_render(a):
             w("")
         pt = prof.get("perf-threads.txt")
         if pt:
-            w("On-CPU samples by thread (`perf record -e cpu-clock -g -p <leader>`, 3 s; hardware counters are not available in this VM):")
+            w("On-CPU samples by thread (`perf record -e cpu-clock -g -p <leader>`, 4 s; hardware counters are not available in this VM):")
             w("")
             w("```")
             w(pt.rstrip())
@@ -435,7 +465,7 @@ def cmd_render(a):
             w("")
         ps = prof.get("perf-top.txt")
         if ps:
-            w("Top on-CPU symbols (self time):")
+            w("Top on-CPU symbols of the leader (self time):")
             w("")
             w("```")
             w("\n".join(ps.rstrip().splitlines()[:25]))

@@ -351,6 +351,10 @@ fn bad_flags_are_refused_with_a_hint() {
         (vec!["--initial-cluster", "broken"], "is not NAME=URL"),
         (vec!["--snapshot-count", "many"], "invalid value"),
         (vec!["--no-such-flag"], "unexpected argument"),
+        (
+            vec!["--election-timeout", "200"],
+            "at least 5 times --heartbeat-interval",
+        ),
     ];
     for (args, hint) in cases {
         let out = Command::new(BERTH)

@@ -139,7 +139,9 @@ fn leader_kill_under_load_loses_nothing_and_fails_over_fast() {
     let killed_at = Instant::now();
     cluster.kill(leader);
     // A new leader must serve writes within 2 s of the kill.
-    let probe = http::client(Duration::from_secs(2));
+    // The probe waits as long as the server holds a write for a leader; what counts is when
+    // the first write is acknowledged.
+    let probe = http::client(Duration::from_secs(10));
     let first_write = support::eventually(Duration::from_secs(5), || {
         let r = http::send_with(
             &probe,
@@ -152,6 +154,7 @@ fn leader_kill_under_load_loses_nothing_and_fails_over_fast() {
     })
     .expect("no write succeeded within 5 s of killing the leader");
     let failover = first_write - killed_at;
+    eprintln!("failover: {failover:?}");
     assert!(
         failover <= Duration::from_secs(2),
         "failover took {failover:?}"

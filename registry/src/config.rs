@@ -92,6 +92,12 @@ impl Config {
         if self.name.is_empty() {
             return Err(ConfigError::Invalid("--name must not be empty".into()));
         }
+        if self.heartbeat_ms == 0 || self.election_ms < 5 * self.heartbeat_ms {
+            return Err(ConfigError::Invalid(format!(
+                "--election-timeout ({} ms) must be at least 5 times --heartbeat-interval ({} ms), as in etcd",
+                self.election_ms, self.heartbeat_ms
+            )));
+        }
         for url in self
             .advertise_client_urls
             .iter()

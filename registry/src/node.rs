@@ -135,8 +135,11 @@ impl Node {
         let raft_config = openraft::Config {
             cluster_name: config.initial_cluster_token.clone(),
             heartbeat_interval: config.heartbeat_ms,
-            election_timeout_min: config.election_ms,
-            election_timeout_max: config.election_ms * 2,
+            // openraft campaigns only after the leader lease (= election_timeout_max) *plus*
+            // a random timeout in [min, max): with E/2 and 3E/4 a follower campaigns 1.25 E to
+            // 1.5 E after the last heartbeat (etcd: E to 2 E).
+            election_timeout_min: config.election_ms / 2,
+            election_timeout_max: config.election_ms * 3 / 4,
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: 1000,

@@ -1,7 +1,5 @@
 //! Running a registry member: bound listeners in, a shutdown signal to stop.
 
-use std::sync::Arc;
-
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -18,36 +16,23 @@ pub async fn run(
     peer_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    // The peer listener must answer before Raft starts, so founding members can vote.
-    let node_slot: Arc<tokio::sync::OnceCell<Arc<Node>>> = Arc::new(tokio::sync::OnceCell::new());
+    // The peer listener is already bound, so peers' connections wait in its backlog until
+    // the node is ready to answer them; nobody sees a half-started member.
+    let node = Node::start(&config).await?;
+    tracing::info!(id = %format!("{:x}", node.id), name = %node.name, cluster = %format!("{:x}", node.cluster_id), "registry member started");
     let peer_task = {
-        let slot = node_slot.clone();
+        let node = node.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             crate::http::serve(
                 peer_listener,
                 "peer",
-                move |req, addr| {
-                    let slot = slot.clone();
-                    async move {
-                        match slot.get() {
-                            Some(node) => crate::peer::handle(node.clone(), req, addr).await,
-                            None => crate::http::text(
-                                hyper::StatusCode::SERVICE_UNAVAILABLE,
-                                "member starting",
-                            ),
-                        }
-                    }
-                },
+                move |req, addr| crate::peer::handle(node.clone(), req, addr),
                 shutdown,
             )
             .await
         })
     };
-
-    let node = Node::start(&config).await?;
-    let _ = node_slot.set(node.clone());
-    tracing::info!(id = %format!("{:x}", node.id), name = %node.name, cluster = %format!("{:x}", node.cluster_id), "registry member started");
 
     let mut tasks = vec![peer_task];
     for listener in client_listeners {

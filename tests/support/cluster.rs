@@ -40,7 +40,10 @@ impl MemberProc {
             .args(["--initial-cluster-state", self.state])
             .args(["--initial-cluster-token", token])
             .args(extra)
-            .env("BERTH_LOG", "info,openraft=warn")
+            .env(
+                "BERTH_LOG",
+                std::env::var("TEST_BERTH_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -609,12 +609,25 @@ async fn real_main(args: Args) -> Result<Value> {
     Ok(out)
 }
 
+/// CPU seconds (user, system) this process has used, all threads, from /proc/self/stat.
+fn self_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" that closes the command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = 100.0; // USER_HZ on Linux
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / tick;
+    (get(11), get(12))
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let v = rt.block_on(real_main(args))?;
+    let mut v = rt.block_on(real_main(args))?;
+    let (user, sys) = self_cpu();
+    v["loadgen_cpu_s"] = json!({"user": user, "sys": sys});
     println!("{}", serde_json::to_string(&v)?);
     // Don't wait for lingering watcher/connection tasks.
     rt.shutdown_timeout(Duration::from_millis(100));
