@@ -398,10 +398,41 @@ def cmd_render(a):
     w("")
 
     if d.get("crashes"):
-        w("## Crashes")
+        w("## Crashes during the run")
         w("")
         for c in d["crashes"]:
-            w(f"- {c['system']} member {c['member']} died during the run (see the analysis below).")
+            st = c.get("status")
+            sig = f" (killed by signal {st - 128})" if isinstance(st, int) and st > 128 else ""
+            w(f"- {c['system']} member {c['member']} exited during `{c.get('step', '?')}` with wait status "
+              f"{st}{sig}; its log was saved to `{c.get('log', '?')}`; the cluster was restarted fresh for the "
+              f"remaining steps. Last log lines:")
+            w("")
+            w("  ```")
+            for line in c.get("tail", [])[-6:]:
+                w("  " + line[:240])
+            w("  ```")
+        w("")
+
+    # ---- CPU hygiene
+    shares = []
+    for sys_, wls in res.items():
+        for wl, r in wls.items():
+            c = r.get("cpu_share")
+            if c:
+                shares.append((sys_, wl, c))
+    if shares:
+        worst = max(shares, key=lambda x: x[2]["other_processes"])
+        noisy = [x for x in shares if x[2]["other_processes"] > 0.05]
+        w("## Measurement hygiene")
+        w("")
+        w("Before each step `bench/run` waits until processes other than the cluster use at most 15% of the "
+          "machine, and it records the CPU share of members, load generator and everything else during the "
+          "step (`cpu_share` in the JSON). "
+          f"Largest share taken by other processes in this run: {worst[2]['other_processes']:.0%} "
+          f"({worst[0]} `{worst[1]}`)."
+          + (" Steps where other processes took more than 5%: "
+             + ", ".join(f"{a} `{b}` ({c['other_processes']:.0%})" for a, b, c in noisy) + "."
+             if noisy else " No step had more than 5% taken by other processes."))
         w("")
 
     # ---- what limits it

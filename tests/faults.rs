@@ -288,7 +288,17 @@ fn add_and_remove_members_under_load_without_failed_requests() {
     )
     .unwrap();
     assert_eq!(r.status, 204, "{}", r.body);
-    cluster.kill(2);
+    // The removed member notices and stops by itself.
+    let exited = support::eventually(Duration::from_secs(10), || {
+        cluster.members[2]
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    });
+    let log = cluster.members[2].log_tail(20);
+    assert!(exited.is_some(), "removed member still running:\n{log}");
+    assert!(log.contains("permanently removed"), "{log}");
+    cluster.members[2].child = None;
     let before = load.acked();
     wait_for_acks(&load, before + 200);
     let (acked, failed) = load.finish();
@@ -312,4 +322,70 @@ fn add_and_remove_members_under_load_without_failed_requests() {
     assert!(!peers.contains(&victim_peer), "{listed}");
     // The cluster of n1, n2 and the newcomer holds every acknowledged write.
     assert_all_present(&url, "members", &acked);
+}
+
+/// Waits until member `i` exits by itself and its log says why.
+fn assert_stops_by_itself(cluster: &mut Cluster, i: usize) {
+    let exited = support::eventually(Duration::from_secs(10), || {
+        cluster.members[i]
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    });
+    let log = cluster.members[i].log_tail(20);
+    assert!(exited.is_some(), "removed member {i} still running:\n{log}");
+    assert!(log.contains("permanently removed"), "{log}");
+    cluster.members[i].child = None;
+}
+
+fn member_id(cluster: &Cluster, via: usize, i: usize) -> String {
+    let members = http::get(&format!("{}/v2/members", cluster.url(via)))
+        .unwrap()
+        .json();
+    members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["peerURLs"][0] == cluster.members[i].peer_url.as_str())
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .expect("member listed")
+}
+
+#[test]
+fn removed_leader_and_removed_follower_stop_and_the_rest_serve() {
+    let mut cluster = Cluster::start_with(4, &["--election-timeout", "500"]);
+    let leader = cluster.leader().expect("a leader");
+    let follower = (0..4).find(|i| *i != leader).unwrap();
+    let survivors: Vec<usize> = (0..4).filter(|i| *i != leader && *i != follower).collect();
+
+    let id = member_id(&cluster, survivors[0], follower);
+    let r = http::send(
+        "DELETE",
+        &format!("{}/v2/members/{id}", cluster.url(survivors[0])),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_stops_by_itself(&mut cluster, follower);
+
+    let id = member_id(&cluster, survivors[0], leader);
+    let r = http::send(
+        "DELETE",
+        &format!("{}/v2/members/{id}", cluster.url(survivors[0])),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_stops_by_itself(&mut cluster, leader);
+
+    // The two survivors elect a leader between them and keep serving writes.
+    let ok = support::eventually(Duration::from_secs(10), || {
+        let r = http::put(&cluster.key_url(survivors[1], "/after-removal"), "value=ok").ok()?;
+        (r.status / 100 == 2).then_some(())
+    });
+    assert!(ok.is_some(), "survivors did not serve a write");
+    let listed = http::get(&format!("{}/v2/members", cluster.url(survivors[0])))
+        .unwrap()
+        .json();
+    assert_eq!(listed["members"].as_array().unwrap().len(), 2, "{listed}");
 }

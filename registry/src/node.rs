@@ -59,6 +59,14 @@ pub enum LeaderReply {
 pub struct ClusterInfo {
     pub cluster_id: u64,
     pub members: Vec<MemberInfo>,
+    /// Who answered, and whom it follows: a leader's committed view is authoritative.
+    #[serde(default)]
+    pub responder: NodeId,
+    #[serde(default)]
+    pub leader: Option<NodeId>,
+    /// Whether `members` comes from a committed (applied) membership entry.
+    #[serde(default)]
+    pub committed: bool,
 }
 
 /// One member as `/v2/members` shows it.
@@ -541,7 +549,12 @@ impl Node {
             let shutdown = shutdown.clone();
             async move { node.promote_learners(shutdown).await }
         };
-        tokio::join!(publish, expire, promote);
+        let removal = {
+            let node = self.clone();
+            let shutdown = shutdown.clone();
+            async move { node.stop_when_removed(shutdown).await }
+        };
+        tokio::join!(publish, expire, promote, removal);
     }
 
     /// While leader, turns every learner whose log has caught up into a voter.
@@ -643,6 +656,86 @@ impl Node {
                     .raft
                     .client_write(Proposal::V2(v2::Command::Expire { now }))
                     .await;
+            }
+        }
+    }
+
+    /// This member's view of the cluster, as `/raft/cluster` serves it.
+    pub fn cluster_info(&self) -> ClusterInfo {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        let committed = m
+            .membership_config
+            .log_id()
+            .map(|l| l.index <= applied)
+            .unwrap_or(false);
+        ClusterInfo {
+            cluster_id: self.cluster_id,
+            members: self.members(),
+            responder: self.id,
+            leader: m.current_leader,
+            committed,
+        }
+    }
+
+    /// Stops this member once it has been removed from the cluster, as etcd does.
+    ///
+    /// A removed member never receives the membership entry that drops it (the leader stops
+    /// replicating to it), so once it has lost its leader it asks its peers: only the
+    /// leader's committed membership counts as proof.
+    async fn stop_when_removed(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            // A member that applied the membership without itself (e.g. the leader that
+            // committed its own removal) knows already.
+            let local = self.cluster_info();
+            if local.committed && !local.members.iter().any(|m| m.id == self.id) {
+                tracing::warn!(
+                    "this member has been permanently removed from the cluster; shutting down"
+                );
+                shutdown.cancel();
+                return;
+            }
+            if self.leader().is_some() {
+                continue;
+            }
+            let peers: Vec<String> = self
+                .members()
+                .into_iter()
+                .filter(|m| m.id != self.id)
+                .filter_map(|m| m.peer_urls.first().cloned())
+                .collect();
+            for base in peers {
+                let reply = self
+                    .peers
+                    .request(
+                        hyper::Method::GET,
+                        &format!("{base}/raft/cluster"),
+                        None,
+                        Vec::new(),
+                        Duration::from_millis(500),
+                    )
+                    .await;
+                let Ok(bytes) = reply else { continue };
+                let Ok(info) = serde_json::from_slice::<ClusterInfo>(&bytes) else {
+                    continue;
+                };
+                let authoritative = info.leader == Some(info.responder) && info.committed;
+                if authoritative
+                    && info.cluster_id == self.cluster_id
+                    && !info.members.iter().any(|m| m.id == self.id)
+                {
+                    tracing::warn!(
+                        "this member has been permanently removed from the cluster; shutting down"
+                    );
+                    shutdown.cancel();
+                    return;
+                }
             }
         }
     }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::http::{full, read_body, text, Body};
-use crate::node::{ClusterInfo, LeaderRequest, Node};
+use crate::node::{LeaderRequest, Node};
 use crate::raft::network::{SnapshotChunkHeader, SNAPSHOT_HEADER};
 
 /// Peer messages may carry snapshot chunks and batches of entries: allow more than clients.
@@ -79,10 +79,7 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>, _peer: SocketAddr) 
             Ok(lr) => ok_json(&node.execute(&lr).await),
             Err(r) => r,
         },
-        (Method::GET, "/raft/cluster") => ok_json(&ClusterInfo {
-            cluster_id: node.cluster_id,
-            members: node.members(),
-        }),
+        (Method::GET, "/raft/cluster") => ok_json(&node.cluster_info()),
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
 }
