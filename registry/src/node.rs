@@ -478,11 +478,13 @@ impl Node {
         }
         let mut ids = BTreeSet::new();
         ids.insert(id);
-        match self
-            .raft
-            .change_membership(ChangeMembers::RemoveVoters(ids), false)
+        self.change_membership(ChangeMembers::RemoveVoters(ids))
             .await
-        {
+    }
+
+    /// Commits a membership change and answers 204, or says why not.
+    async fn change_membership(&self, changes: ChangeMembers<NodeId, Member>) -> LeaderReply {
+        match self.raft.change_membership(changes, false).await {
             Ok(_) => LeaderReply::Done(Applied {
                 status: 204,
                 etcd_index: 0,
@@ -514,21 +516,7 @@ impl Node {
                 peer_urls: peer_urls.to_vec(),
             },
         );
-        match self
-            .raft
-            .change_membership(ChangeMembers::SetNodes(nodes), false)
-            .await
-        {
-            Ok(_) => LeaderReply::Done(Applied {
-                status: 204,
-                etcd_index: 0,
-                body: Vec::new(),
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                LeaderReply::NotLeader
-            }
-            Err(e) => LeaderReply::Done(member_error(500, &format!("etcdserver: {e}"))),
-        }
+        self.change_membership(ChangeMembers::SetNodes(nodes)).await
     }
 
     /// Background duties: publish this member's attributes, expire TTL keys while leader,

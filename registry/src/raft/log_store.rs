@@ -1,19 +1,27 @@
-//! The Raft log on RocksDB.
+//! The Raft log on RocksDB, with group commit.
 //!
 //! Column family `logs` maps a big-endian log index to the JSON of the entry; `meta` holds
-//! the vote, the committed log id and the last purged log id. Appends are written with
-//! `sync = true`, so openraft learns an entry is on disk only once it has been fsync'ed:
-//! that is what makes an acknowledged write survive `kill -9`.
+//! the vote, the committed log id and the last purged log id.
+//!
+//! Appends do not block openraft: [`LogStore::append`] puts the entries in an in-memory
+//! `pending` map (so readers see them at once) and queues them for a dedicated IO thread.
+//! That thread writes every append queued meanwhile as one RocksDB batch with `sync = true`
+//! (one fsync for many client writes) and only then tells openraft the entries are durable,
+//! through the `LogFlushed` callback: an acknowledged write still survives `kill -9`.
+//! Truncate and purge go through the same queue and are awaited, so disk order equals call
+//! order and a reader never sees a truncated entry once `truncate` has returned.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{StorageIOError, Vote};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use super::{LogId, NodeId, StorageError, TypeConfig};
 
@@ -26,10 +34,30 @@ const KEY_PURGED: &[u8] = b"last_purged";
 
 type Entry = openraft::Entry<TypeConfig>;
 
-/// The log store; cheap to clone (it shares the database handle).
+/// Entries handed to the IO thread but not yet on disk, by index.
+type Pending = Arc<Mutex<BTreeMap<u64, Entry>>>;
+
+/// One queued append: (index, encoded entry, log id) rows and openraft's callback.
+type QueuedAppend = (Vec<(u64, Vec<u8>, LogId)>, LogFlushed<TypeConfig>);
+
+/// Work for the IO thread, done strictly in queue order.
+enum IoOp {
+    Append(QueuedAppend),
+    /// Delete `[from, to)` from the log; `purged` also records the last purged id.
+    Delete {
+        from: u64,
+        to: u64,
+        purged: Option<LogId>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// The log store; cheap to clone (it shares the database, the pending entries and the queue).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    pending: Pending,
+    io: std::sync::mpsc::Sender<IoOp>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -48,9 +76,29 @@ fn sync_writes() -> WriteOptions {
     opts
 }
 
+fn io_error(msg: impl Into<String>) -> StorageError {
+    StorageIOError::write_logs(&std::io::Error::other(msg.into())).into()
+}
+
 impl LogStore {
+    /// Opens the log on `db` and starts its IO thread (it ends with the last clone).
     pub fn new(db: Arc<DB>) -> Self {
-        LogStore { db }
+        let pending: Pending = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (thread_db, thread_pending) = (db.clone(), pending.clone());
+        std::thread::Builder::new()
+            .name("raft-log-io".into())
+            .spawn(move || io_thread(&thread_db, &thread_pending, rx))
+            .expect("spawn the log IO thread");
+        LogStore {
+            db,
+            pending,
+            io: tx,
+        }
+    }
+
+    fn pending(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -59,16 +107,32 @@ impl LogStore {
             .expect("column family created at open")
     }
 
+    /// Queues a delete of `[from, to)` behind earlier appends and waits until it is on disk.
+    async fn delete(&self, from: u64, to: u64, purged: Option<LogId>) -> Result<(), StorageError> {
+        let (done, wait) = oneshot::channel();
+        self.io
+            .send(IoOp::Delete {
+                from,
+                to,
+                purged,
+                done,
+            })
+            .map_err(|_| io_error("the log IO thread has stopped"))?;
+        wait.await
+            .map_err(|_| io_error("the log IO thread has stopped"))?
+            .map_err(io_error)
+    }
+
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let raw = self
             .db
             .get_cf(self.cf(CF_META), key)
-            .map_err(|e| StorageIOError::read(&e))?;
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         match raw {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| StorageIOError::read(&e).into()),
+                .map_err(|e| StorageIOError::read_logs(&e).into()),
         }
     }
 
@@ -78,7 +142,7 @@ impl LogStore {
         value: &T,
         sync: bool,
     ) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e))?;
+        let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write_logs(&e))?;
         let opts = if sync {
             sync_writes()
         } else {
@@ -86,10 +150,13 @@ impl LogStore {
         };
         self.db
             .put_cf_opt(self.cf(CF_META), key, bytes, &opts)
-            .map_err(|e| StorageIOError::write(&e).into())
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        if let Some((_, e)) = self.pending().iter().next_back() {
+            return Ok(Some(e.log_id));
+        }
         let mut it = self.db.iterator_cf(self.cf(CF_LOGS), IteratorMode::End);
         match it.next() {
             None => Ok(None),
@@ -114,7 +181,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let mode = IteratorMode::From(&index_key(start), Direction::Forward);
-        let mut out = Vec::new();
+        let mut out: BTreeMap<u64, Entry> = BTreeMap::new();
         for item in self.db.iterator_cf(self.cf(CF_LOGS), mode) {
             let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
             let index = key_index(&key);
@@ -123,9 +190,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             }
             let entry: Entry = serde_json::from_slice(&value)
                 .map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
-            out.push(entry);
+            out.insert(index, entry);
         }
-        Ok(out)
+        // Entries not yet on disk are newer than anything there at the same index.
+        for (i, e) in self.pending().range(range) {
+            out.insert(*i, e.clone());
+        }
+        Ok(out.into_values().collect())
     }
 }
 
@@ -147,7 +218,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.put_meta(KEY_VOTE, vote, true)
-            .map_err(|_| StorageIOError::write_vote(&std::io::Error::other("save vote")).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -172,44 +242,102 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = WriteBatch::default();
-        let cf = self.cf(CF_LOGS);
-        for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.put_cf(cf, index_key(entry.log_id.index), bytes);
-        }
-        let res = self.db.write_opt(batch, &sync_writes());
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let io = std::io::Error::other(e.to_string());
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&io).into())
+        let mut rows = Vec::new();
+        {
+            let mut pending = self.pending();
+            for entry in entries {
+                let bytes =
+                    serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+                rows.push((entry.log_id.index, bytes, entry.log_id));
+                pending.insert(entry.log_id.index, entry);
             }
         }
+        self.io
+            .send(IoOp::Append((rows, callback)))
+            .map_err(|_| io_error("the log IO thread has stopped"))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            self.cf(CF_LOGS),
-            index_key(log_id.index),
-            index_key(u64::MAX),
-        );
-        self.db
-            .write_opt(batch, &sync_writes())
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+        self.pending().split_off(&log_id.index);
+        self.delete(log_id.index, u64::MAX, None).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.put_meta(KEY_PURGED, &Some(log_id), true)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(CF_LOGS), index_key(0), index_key(log_id.index + 1));
-        self.db
-            .write(batch)
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+        self.delete(0, log_id.index + 1, Some(log_id)).await
+    }
+}
+
+/// The IO thread: takes every op queued so far, writes runs of appends as one synced batch,
+/// and runs deletes in between, all in queue order.
+fn io_thread(db: &DB, pending: &Pending, rx: std::sync::mpsc::Receiver<IoOp>) {
+    while let Ok(first) = rx.recv() {
+        let mut appends: Vec<QueuedAppend> = Vec::new();
+        for op in std::iter::once(first).chain(rx.try_iter()) {
+            match op {
+                IoOp::Append(append) => appends.push(append),
+                IoOp::Delete {
+                    from,
+                    to,
+                    purged,
+                    done,
+                } => {
+                    flush_appends(db, pending, &mut appends);
+                    let mut batch = WriteBatch::default();
+                    if let Some(p) = purged {
+                        let bytes = serde_json::to_vec(&Some(p)).expect("log ids serialise");
+                        batch.put_cf(
+                            db.cf_handle(CF_META).expect("column family"),
+                            KEY_PURGED,
+                            bytes,
+                        );
+                    }
+                    batch.delete_range_cf(
+                        db.cf_handle(CF_LOGS).expect("column family"),
+                        index_key(from),
+                        index_key(to),
+                    );
+                    let res = db
+                        .write_opt(batch, &sync_writes())
+                        .map_err(|e| e.to_string());
+                    let _ = done.send(res);
+                }
+            }
+        }
+        flush_appends(db, pending, &mut appends);
+    }
+}
+
+/// Writes all queued appends with one fsync, then reports each of them flushed.
+fn flush_appends(db: &DB, pending: &Pending, appends: &mut Vec<QueuedAppend>) {
+    if appends.is_empty() {
+        return;
+    }
+    let cf = db
+        .cf_handle(CF_LOGS)
+        .expect("column family created at open");
+    let mut batch = WriteBatch::default();
+    for (rows, _) in appends.iter() {
+        for (index, bytes, _) in rows {
+            batch.put_cf(cf, index_key(*index), bytes);
+        }
+    }
+    let res = db.write_opt(batch, &sync_writes());
+    if res.is_ok() {
+        // Readers find these on disk now. Keep a pending entry that was replaced meanwhile
+        // (a truncate and a new append at the same index).
+        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (rows, _) in appends.iter() {
+            for (index, _, log_id) in rows {
+                if p.get(index).is_some_and(|e| e.log_id == *log_id) {
+                    p.remove(index);
+                }
+            }
+        }
+    }
+    for (_, callback) in appends.drain(..) {
+        match &res {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
     }
 }

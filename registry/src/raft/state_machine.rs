@@ -77,6 +77,16 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// Writes `snap` to the `sm` column family, fsync'ed.
+fn persist_snapshot(db: &DB, snap: &StoredSnapshot) -> Result<(), StorageError> {
+    let bytes = serde_json::to_vec(snap).map_err(|e| StorageIOError::write_state_machine(&e))?;
+    let cf = db.cf_handle(CF_SM).expect("column family created at open");
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.put_cf_opt(cf, KEY_SNAPSHOT, bytes, &opts)
+        .map_err(|e| StorageIOError::write_state_machine(&e).into())
+}
+
 /// The openraft state machine.
 pub struct StateMachine {
     db: Arc<DB>,
@@ -141,20 +151,6 @@ impl StateMachine {
         Ok((sm, shared))
     }
 
-    fn persist_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
-        let bytes =
-            serde_json::to_vec(snap).map_err(|e| StorageIOError::write_state_machine(&e))?;
-        let cf = self
-            .db
-            .cf_handle(CF_SM)
-            .expect("column family created at open");
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db
-            .put_cf_opt(cf, KEY_SNAPSHOT, bytes, &opts)
-            .map_err(|e| StorageIOError::write_state_machine(&e).into())
-    }
-
     fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         let cf = self
             .db
@@ -186,17 +182,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             data: std::mem::take(&mut self.data),
         };
-        let bytes =
-            serde_json::to_vec(&stored).map_err(|e| StorageIOError::write_state_machine(&e))?;
-        let cf = self
-            .sm_db
-            .cf_handle(CF_SM)
-            .expect("column family created at open");
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.sm_db
-            .put_cf_opt(cf, KEY_SNAPSHOT, bytes, &opts)
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        persist_snapshot(&self.sm_db, &stored)?;
         tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), "snapshot built");
         Ok(Snapshot {
             meta: stored.meta,
@@ -293,10 +279,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let state: AppState = serde_json::from_slice(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_err(e)))?;
-        self.persist_snapshot(&StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        })?;
+        persist_snapshot(
+            &self.db,
+            &StoredSnapshot {
+                meta: meta.clone(),
+                data,
+            },
+        )?;
         {
             // Keep live watchers: they go on from the snapshot's state, as in etcd's recovery.
             let mut current = self.shared.lock();
