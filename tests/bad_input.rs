@@ -12,13 +12,14 @@ use support::{http, Cluster, BERTH};
 
 /// The whole visible state: every key (hidden ones too, by reading them) and the index.
 fn state(cluster: &Cluster) -> (String, String) {
+    // Quorum reads: a follower's local view may trail the writes just acknowledged.
     let r = http::get(&format!(
-        "{}/v2/keys/?recursive=true&sorted=true",
+        "{}/v2/keys/?recursive=true&sorted=true&quorum=true",
         cluster.url(0)
     ))
     .unwrap();
     let hidden = http::get(&format!(
-        "{}/v2/keys/_hidden?recursive=true",
+        "{}/v2/keys/_hidden?recursive=true&quorum=true",
         cluster.url(0)
     ))
     .unwrap();

@@ -10,6 +10,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{member_id, ClusterState, Config};
@@ -100,6 +101,37 @@ pub struct Node {
     pub max_request_bytes: usize,
     pub start_time: SystemTime,
     token: String,
+    reads: mpsc::UnboundedSender<ReadWaiter>,
+}
+
+/// Why a linearizable read could not get a read index.
+#[derive(Debug, Clone)]
+enum ReadIndexError {
+    NotLeader,
+    Other(String),
+}
+
+type ReadWaiter = oneshot::Sender<Result<u64, ReadIndexError>>;
+
+/// Confirms leadership for many `quorum=true` reads at once (etcd batches ReadIndex too).
+/// Each round starts after every read it answers arrived, so each read stays linearizable.
+async fn read_index_rounds(raft: Raft, mut rx: mpsc::UnboundedReceiver<ReadWaiter>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let result = match raft.ensure_linearizable().await {
+            Ok(read_log_id) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(ReadIndexError::NotLeader)
+            }
+            Err(e) => Err(ReadIndexError::Other(e.to_string())),
+        };
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
 }
 
 /// Wall-clock time in unix nanoseconds.
@@ -182,6 +214,8 @@ impl Node {
             }
         }
 
+        let (reads, read_rx) = mpsc::unbounded_channel();
+        tokio::spawn(read_index_rounds(raft.clone(), read_rx));
         Ok(Arc::new(Node {
             id: identity.id,
             name: config.name.clone(),
@@ -194,6 +228,7 @@ impl Node {
             max_request_bytes: config.max_request_bytes,
             start_time: SystemTime::now(),
             token: config.initial_cluster_token.clone(),
+            reads,
         }))
     }
 
@@ -373,17 +408,13 @@ impl Node {
                 };
                 self.propose(Proposal::V2(cmd)).await
             }
-            LeaderRequest::QuorumGet(key) => match self.raft.ensure_linearizable().await {
-                Ok(read_log_id) => {
-                    if let Some(l) = read_log_id {
-                        self.shared.wait_applied(l.index).await;
-                    }
+            LeaderRequest::QuorumGet(key) => match self.read_index().await {
+                Ok(index) => {
+                    self.shared.wait_applied(index).await;
                     LeaderReply::Done(self.local_get(key))
                 }
-                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
-                    _,
-                ))) => LeaderReply::NotLeader,
-                Err(e) => LeaderReply::Done(raft_internal(&e.to_string())),
+                Err(ReadIndexError::NotLeader) => LeaderReply::NotLeader,
+                Err(ReadIndexError::Other(e)) => LeaderReply::Done(raft_internal(&e)),
             },
             LeaderRequest::Attributes {
                 id,
@@ -403,6 +434,16 @@ impl Node {
                 self.member_update(*id, peer_urls).await
             }
         }
+    }
+
+    /// The index a linearizable read must wait for, from a shared ReadIndex round.
+    async fn read_index(&self) -> Result<u64, ReadIndexError> {
+        let (tx, rx) = oneshot::channel();
+        self.reads
+            .send(tx)
+            .map_err(|_| ReadIndexError::Other("member shutting down".into()))?;
+        rx.await
+            .map_err(|_| ReadIndexError::Other("member shutting down".into()))?
     }
 
     async fn propose(&self, proposal: Proposal) -> LeaderReply {
