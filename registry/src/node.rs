@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{member_id, ClusterState, Config};
 use crate::error::Error;
-use crate::raft::log_store::{LogStore, CF_LOGS, CF_META};
+use crate::raft::log_store::{LogCloser, LogStore, CF_LOGS, CF_META};
 use crate::raft::network::{NetworkFactory, PeerClient, PeerError};
 use crate::raft::state_machine::{Shared, StateMachine, CF_SM};
 use crate::raft::{Applied, Member, NodeId, Proposal, Raft};
@@ -102,6 +102,7 @@ pub struct Node {
     pub start_time: SystemTime,
     token: String,
     reads: mpsc::UnboundedSender<ReadWaiter>,
+    log_closer: LogCloser,
 }
 
 /// Why a linearizable read could not get a read index.
@@ -170,6 +171,7 @@ impl Node {
 
         let (sm, shared) = StateMachine::open(db.clone()).map_err(raft_err)?;
         let log = LogStore::new(db.clone());
+        let log_closer = log.closer();
         let counters = Arc::new(PeerCounters::default());
         let network = NetworkFactory::new(peers.clone(), counters.clone());
         let raft_config = openraft::Config {
@@ -229,6 +231,7 @@ impl Node {
             start_time: SystemTime::now(),
             token: config.initial_cluster_token.clone(),
             reads,
+            log_closer,
         }))
     }
 
@@ -310,6 +313,15 @@ impl Node {
         Err(Error::Join(format!(
             "could not reach any member of --initial-cluster ({last_err})"
         )))
+    }
+
+    /// Stops Raft and then the log's IO thread, so nothing is inside RocksDB at exit.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let closer = self.log_closer.clone();
+        let _ = tokio::task::spawn_blocking(move || closer.close()).await;
     }
 
     /// The current leader, if known.

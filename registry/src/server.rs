@@ -55,9 +55,7 @@ pub async fn run(
         let _ = t.await;
     }
     let _ = background.await;
-    if let Err(e) = node.raft.shutdown().await {
-        tracing::warn!(error = %e, "raft shutdown");
-    }
+    node.shutdown().await;
     tracing::info!("registry member stopped");
     Ok(())
 }

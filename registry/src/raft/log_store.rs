@@ -50,6 +50,8 @@ enum IoOp {
         purged: Option<LogId>,
         done: oneshot::Sender<Result<(), String>>,
     },
+    /// Flush what is queued before this and end the thread.
+    Stop,
 }
 
 /// The log store; cheap to clone (it shares the database, the pending entries and the queue).
@@ -58,6 +60,25 @@ pub struct LogStore {
     db: Arc<DB>,
     pending: Pending,
     io: std::sync::mpsc::Sender<IoOp>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// Stops the log's IO thread; the process must not exit while it is inside RocksDB.
+#[derive(Clone)]
+pub struct LogCloser {
+    io: std::sync::mpsc::Sender<IoOp>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl LogCloser {
+    /// Flushes queued appends, ends the IO thread and waits for it (blocking).
+    pub fn close(&self) {
+        let _ = self.io.send(IoOp::Stop);
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -86,7 +107,7 @@ impl LogStore {
         let pending: Pending = Arc::default();
         let (tx, rx) = std::sync::mpsc::channel();
         let (thread_db, thread_pending) = (db.clone(), pending.clone());
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("raft-log-io".into())
             .spawn(move || io_thread(&thread_db, &thread_pending, rx))
             .expect("spawn the log IO thread");
@@ -94,6 +115,15 @@ impl LogStore {
             db,
             pending,
             io: tx,
+            thread: Arc::new(Mutex::new(Some(handle))),
+        }
+    }
+
+    /// A handle that stops the IO thread at shutdown.
+    pub fn closer(&self) -> LogCloser {
+        LogCloser {
+            io: self.io.clone(),
+            thread: self.thread.clone(),
         }
     }
 
@@ -272,8 +302,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 fn io_thread(db: &DB, pending: &Pending, rx: std::sync::mpsc::Receiver<IoOp>) {
     while let Ok(first) = rx.recv() {
         let mut appends: Vec<QueuedAppend> = Vec::new();
+        let mut stop = false;
         for op in std::iter::once(first).chain(rx.try_iter()) {
+            if stop {
+                break;
+            }
             match op {
+                IoOp::Stop => stop = true,
                 IoOp::Append(append) => appends.push(append),
                 IoOp::Delete {
                     from,
@@ -304,6 +339,9 @@ fn io_thread(db: &DB, pending: &Pending, rx: std::sync::mpsc::Receiver<IoOp>) {
             }
         }
         flush_appends(db, pending, &mut appends);
+        if stop {
+            return;
+        }
     }
 }
 
