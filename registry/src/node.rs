@@ -102,7 +102,70 @@ pub struct Node {
     pub start_time: SystemTime,
     token: String,
     reads: mpsc::UnboundedSender<ReadWaiter>,
+    writes: mpsc::UnboundedSender<WriteWaiter>,
     log_closer: LogCloser,
+}
+
+type WriteWaiter = (KeyRequest, oneshot::Sender<LeaderReply>);
+
+/// Batches in flight at once: while they commit, new writes gather into the next batch.
+const WRITE_BATCHES_IN_FLIGHT: usize = 2;
+/// A batch stops growing at this many writes or this many value bytes.
+const WRITE_BATCH_MAX: usize = 1000;
+const WRITE_BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Proposes concurrent writes as one log entry. openraft 0.9 flushes one append before it
+/// issues the next, so proposing writes one by one costs an fsync each; a batch costs one.
+/// Writes keep their arrival order inside a batch and batches keep theirs in the log.
+async fn write_batches(raft: Raft, mut rx: mpsc::UnboundedReceiver<WriteWaiter>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(WRITE_BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Wait for a slot first, so the batch takes in everything that arrived meanwhile.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.0.val.len();
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH_MAX && bytes < WRITE_BATCH_MAX_BYTES {
+            match rx.try_recv() {
+                Ok(w) => {
+                    bytes += w.0.val.len();
+                    batch.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        let now = now_ns();
+        let (reqs, waiters): (Vec<KeyRequest>, Vec<oneshot::Sender<LeaderReply>>) =
+            batch.into_iter().unzip();
+        let proposal = Proposal::Batch(
+            reqs.into_iter()
+                .map(|req| v2::Command::Key { req, now })
+                .collect(),
+        );
+        let raft = raft.clone();
+        // Proposed here, in arrival order; only the wait for the commit runs concurrently.
+        let pending = raft.client_write_ff(proposal).await;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let replies: Vec<LeaderReply> = match pending {
+                Err(e) => vec![LeaderReply::Done(raft_internal(&e.to_string())); waiters.len()],
+                Ok(rx) => match rx.await {
+                    Ok(Ok(resp)) => resp.data.into_iter().map(LeaderReply::Done).collect(),
+                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
+                        vec![LeaderReply::NotLeader; waiters.len()]
+                    }
+                    Ok(Err(e)) => {
+                        vec![LeaderReply::Done(raft_internal(&e.to_string())); waiters.len()]
+                    }
+                    Err(e) => vec![LeaderReply::Done(raft_internal(&e.to_string())); waiters.len()],
+                },
+            };
+            for (waiter, reply) in waiters.into_iter().zip(replies) {
+                let _ = waiter.send(reply);
+            }
+        });
+    }
 }
 
 /// Why a linearizable read could not get a read index.
@@ -218,6 +281,8 @@ impl Node {
 
         let (reads, read_rx) = mpsc::unbounded_channel();
         tokio::spawn(read_index_rounds(raft.clone(), read_rx));
+        let (writes, write_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_batches(raft.clone(), write_rx));
         Ok(Arc::new(Node {
             id: identity.id,
             name: config.name.clone(),
@@ -231,6 +296,7 @@ impl Node {
             start_time: SystemTime::now(),
             token: config.initial_cluster_token.clone(),
             reads,
+            writes,
             log_closer,
         }))
     }
@@ -414,11 +480,12 @@ impl Node {
     pub async fn execute(&self, req: &LeaderRequest) -> LeaderReply {
         match req {
             LeaderRequest::Key(key) => {
-                let cmd = v2::Command::Key {
-                    req: key.clone(),
-                    now: now_ns(),
-                };
-                self.propose(Proposal::V2(cmd)).await
+                let (tx, rx) = oneshot::channel();
+                if self.writes.send((key.clone(), tx)).is_err() {
+                    return LeaderReply::Done(raft_internal("member shutting down"));
+                }
+                rx.await
+                    .unwrap_or_else(|_| LeaderReply::Done(raft_internal("member shutting down")))
             }
             LeaderRequest::QuorumGet(key) => match self.read_index().await {
                 Ok(index) => {
@@ -460,7 +527,7 @@ impl Node {
 
     async fn propose(&self, proposal: Proposal) -> LeaderReply {
         match self.raft.client_write(proposal).await {
-            Ok(resp) => LeaderReply::Done(resp.data),
+            Ok(resp) => LeaderReply::Done(resp.data.into_iter().next().unwrap_or_default()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 LeaderReply::NotLeader
             }

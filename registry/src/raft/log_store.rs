@@ -359,7 +359,14 @@ fn flush_appends(db: &DB, pending: &Pending, appends: &mut Vec<QueuedAppend>) {
             batch.put_cf(cf, index_key(*index), bytes);
         }
     }
+    let started = std::time::Instant::now();
     let res = db.write_opt(batch, &sync_writes());
+    tracing::debug!(
+        appends = appends.len(),
+        entries = appends.iter().map(|(r, _)| r.len()).sum::<usize>(),
+        micros = started.elapsed().as_micros() as u64,
+        "log flush"
+    );
     if res.is_ok() {
         // Readers find these on disk now. Keep a pending entry that was replaced meanwhile
         // (a truncate and a new append at the same index).

@@ -38,6 +38,9 @@ impl std::fmt::Display for Member {
 pub enum Proposal {
     /// A v2 keys-API write or expiry, stamped with the leader's clock.
     V2(v2::Command),
+    /// Concurrent v2 writes proposed as one entry (one fsync and one replication round for
+    /// all of them), applied in order.
+    Batch(Vec<v2::Command>),
     /// A member publishes its name and client URLs.
     Attributes {
         id: NodeId,
@@ -46,8 +49,9 @@ pub enum Proposal {
     },
 }
 
-/// The outcome of applying one entry: the HTTP answer to give the client, rendered by the
+/// The outcome of applying one command: the HTTP answer to give the client, rendered by the
 /// state machine so that a forwarded write returns byte-for-byte what the leader produced.
+/// An entry yields one per command it carries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub status: u16,
@@ -60,7 +64,7 @@ openraft::declare_raft_types!(
     /// berth's openraft configuration.
     pub TypeConfig:
         D = Proposal,
-        R = Applied,
+        R = Vec<Applied>,
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,

@@ -119,6 +119,17 @@ fn render(
     }
 }
 
+/// Applies one v2 command and renders its HTTP answer.
+fn apply_command(store: &mut Store, cmd: &v2::Command) -> Applied {
+    let no_value = match cmd {
+        v2::Command::Key { req, .. } => req.no_value_on_success,
+        _ => false,
+    };
+    let result = store.apply(cmd);
+    let index = store.index();
+    render(result, no_value, index)
+}
+
 impl StateMachine {
     /// Opens the state machine, restoring the last snapshot persisted in `db` if any.
     pub fn open(db: Arc<DB>) -> Result<(Self, Arc<Shared>), StorageError> {
@@ -198,7 +209,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Applied>>, StorageError>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -210,20 +221,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for entry in entries {
                 last = Some(entry.log_id);
                 let applied = match entry.payload {
-                    EntryPayload::Blank => Applied::default(),
+                    EntryPayload::Blank => Vec::new(),
                     EntryPayload::Membership(m) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), m);
-                        Applied::default()
+                        Vec::new()
                     }
                     EntryPayload::Normal(Proposal::V2(cmd)) => {
-                        let no_value = match &cmd {
-                            v2::Command::Key { req, .. } => req.no_value_on_success,
-                            _ => false,
-                        };
-                        let result = state.store.apply(&cmd);
-                        let index = state.store.index();
-                        render(result, no_value, index)
+                        vec![apply_command(&mut state.store, &cmd)]
                     }
+                    EntryPayload::Normal(Proposal::Batch(cmds)) => cmds
+                        .iter()
+                        .map(|cmd| apply_command(&mut state.store, cmd))
+                        .collect(),
                     EntryPayload::Normal(Proposal::Attributes {
                         id,
                         name,
@@ -232,7 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         state
                             .attributes
                             .insert(id, Attributes { name, client_urls });
-                        Applied::default()
+                        vec![Applied::default()]
                     }
                 };
                 out.push(applied);
