@@ -103,7 +103,111 @@ pub struct Node {
     token: String,
     reads: mpsc::UnboundedSender<ReadWaiter>,
     writes: mpsc::UnboundedSender<WriteWaiter>,
+    forwards: mpsc::UnboundedSender<ForwardWaiter>,
     log_closer: LogCloser,
+}
+
+/// Why a forward to the leader failed.
+#[derive(Debug, Clone)]
+pub enum ForwardError {
+    /// Not delivered: safe to try again.
+    Unreachable,
+    /// Delivered or maybe delivered: the outcome is unknown.
+    Failed(String),
+}
+
+impl From<PeerError> for ForwardError {
+    fn from(e: PeerError) -> Self {
+        match e {
+            PeerError::Unreachable { .. } => ForwardError::Unreachable,
+            other => ForwardError::Failed(other.to_string()),
+        }
+    }
+}
+
+type ForwardWaiter = (
+    String,
+    LeaderRequest,
+    oneshot::Sender<Result<LeaderReply, ForwardError>>,
+);
+
+/// Forward batches in flight at once, per member.
+const FORWARD_BATCHES_IN_FLIGHT: usize = 4;
+
+/// Sends concurrent writes that a follower received to the leader in one peer request
+/// (`/raft/forward-batch`), in arrival order.
+async fn forward_batches(peers: PeerClient, mut rx: mpsc::UnboundedReceiver<ForwardWaiter>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(FORWARD_BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let base = first.0.clone();
+        let mut bytes = request_bytes(&first.1);
+        let mut batch = vec![first];
+        let mut leftover = None;
+        while batch.len() < WRITE_BATCH_MAX && bytes < WRITE_BATCH_MAX_BYTES {
+            match rx.try_recv() {
+                // A leader change mid-batch: the rest goes in the next batch.
+                Ok(w) if w.0 != base => {
+                    leftover = Some(w);
+                    break;
+                }
+                Ok(w) => {
+                    bytes += request_bytes(&w.1);
+                    batch.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        let batch_peers = peers.clone();
+        let send = async move {
+            let _permit = permit;
+            let (reqs, waiters): (Vec<LeaderRequest>, Vec<_>) =
+                batch.into_iter().map(|(_, r, w)| (r, w)).unzip();
+            let url = format!("{base}/raft/forward-batch");
+            let result: Result<Vec<LeaderReply>, PeerError> =
+                batch_peers.call(&url, &reqs, REQUEST_TIMEOUT).await;
+            match result {
+                Ok(replies) if replies.len() == waiters.len() => {
+                    for (w, r) in waiters.into_iter().zip(replies) {
+                        let _ = w.send(Ok(r));
+                    }
+                }
+                Ok(_) => {
+                    for w in waiters {
+                        let _ = w.send(Err(ForwardError::Failed(
+                            "leader answered a different number of replies".into(),
+                        )));
+                    }
+                }
+                Err(e) => {
+                    let e = ForwardError::from(e);
+                    for w in waiters {
+                        let _ = w.send(Err(e.clone()));
+                    }
+                }
+            }
+        };
+        tokio::spawn(send);
+        if let Some((base, req, tx)) = leftover {
+            // Bound for another leader: send it on its own.
+            let peers = peers.clone();
+            tokio::spawn(async move {
+                let url = format!("{base}/raft/forward");
+                let r: Result<LeaderReply, PeerError> =
+                    peers.call(&url, &req, REQUEST_TIMEOUT).await;
+                let _ = tx.send(r.map_err(ForwardError::from));
+            });
+        }
+    }
+}
+
+fn request_bytes(req: &LeaderRequest) -> usize {
+    match req {
+        LeaderRequest::Key(k) => k.val.len() + k.path.len(),
+        _ => 64,
+    }
 }
 
 type WriteWaiter = (KeyRequest, oneshot::Sender<LeaderReply>);
@@ -283,6 +387,8 @@ impl Node {
         tokio::spawn(read_index_rounds(raft.clone(), read_rx));
         let (writes, write_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_batches(raft.clone(), write_rx));
+        let (forwards, forward_rx) = mpsc::unbounded_channel();
+        tokio::spawn(forward_batches(peers.clone(), forward_rx));
         Ok(Arc::new(Node {
             id: identity.id,
             name: config.name.clone(),
@@ -297,6 +403,7 @@ impl Node {
             token: config.initial_cluster_token.clone(),
             reads,
             writes,
+            forwards,
             log_closer,
         }))
     }
@@ -445,8 +552,8 @@ impl Node {
                 match reply {
                     Ok(LeaderReply::Done(applied)) => return applied,
                     Ok(LeaderReply::NotLeader) => {}
-                    Err(PeerError::Unreachable { .. }) => {}
-                    Err(e) => {
+                    Err(ForwardError::Unreachable) => {}
+                    Err(ForwardError::Failed(e)) => {
                         // The request may have been applied; do not retry a non-idempotent write.
                         tracing::warn!(error = %e, "forwarding to the leader failed");
                         return etcd_timeout();
@@ -462,17 +569,32 @@ impl Node {
         }
     }
 
-    async fn forward(&self, leader: NodeId, req: &LeaderRequest) -> Result<LeaderReply, PeerError> {
+    /// Sends `req` to the leader. Key writes go through the forward batcher, so concurrent
+    /// writes share one peer request.
+    async fn forward(
+        &self,
+        leader: NodeId,
+        req: &LeaderRequest,
+    ) -> Result<LeaderReply, ForwardError> {
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let Some(node) = membership.membership().get_node(&leader).cloned() else {
             return Ok(LeaderReply::NotLeader);
         };
-        let Some(base) = node.peer_urls.first() else {
+        let Some(base) = node.peer_urls.first().cloned() else {
             return Ok(LeaderReply::NotLeader);
         };
+        if let LeaderRequest::Key(_) = req {
+            let (tx, rx) = oneshot::channel();
+            if self.forwards.send((base.clone(), req.clone(), tx)).is_ok() {
+                return rx
+                    .await
+                    .unwrap_or_else(|_| Err(ForwardError::Failed("member shutting down".into())));
+            }
+        }
         self.peers
             .call(&format!("{base}/raft/forward"), req, REQUEST_TIMEOUT)
             .await
+            .map_err(ForwardError::from)
     }
 
     /// Executes a leader request here. Answers `NotLeader` without side effects when this

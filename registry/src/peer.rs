@@ -79,6 +79,13 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>, _peer: SocketAddr) 
             Ok(lr) => ok_json(&node.execute(&lr).await),
             Err(r) => r,
         },
+        // Run together, so they join the same write batch, in the order sent.
+        (Method::POST, "/raft/forward-batch") => match decode::<Vec<LeaderRequest>>(req).await {
+            Ok(batch) => {
+                ok_json(&futures::future::join_all(batch.iter().map(|lr| node.execute(lr))).await)
+            }
+            Err(r) => r,
+        },
         (Method::GET, "/raft/cluster") => ok_json(&node.cluster_info()),
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
