@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -105,6 +106,10 @@ pub struct Node {
     writes: mpsc::UnboundedSender<WriteWaiter>,
     forwards: mpsc::UnboundedSender<ForwardWaiter>,
     log_closer: LogCloser,
+    /// Write batches in flight hold these; draining waits until all are back.
+    write_permits: Arc<tokio::sync::Semaphore>,
+    /// Set when the member is stopping: it proposes nothing new.
+    draining: Arc<AtomicBool>,
 }
 
 /// Why a forward to the leader failed.
@@ -221,9 +226,17 @@ const WRITE_BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Proposes concurrent writes as one log entry. openraft 0.9 flushes one append before it
 /// issues the next, so proposing writes one by one costs an fsync each; a batch costs one.
 /// Writes keep their arrival order inside a batch and batches keep theirs in the log.
-async fn write_batches(raft: Raft, mut rx: mpsc::UnboundedReceiver<WriteWaiter>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(WRITE_BATCHES_IN_FLIGHT));
+async fn write_batches(
+    raft: Raft,
+    permits: Arc<tokio::sync::Semaphore>,
+    draining: Arc<AtomicBool>,
+    mut rx: mpsc::UnboundedReceiver<WriteWaiter>,
+) {
     while let Some(first) = rx.recv().await {
+        if draining.load(Ordering::SeqCst) {
+            let _ = first.1.send(LeaderReply::NotLeader);
+            continue;
+        }
         // Wait for a slot first, so the batch takes in everything that arrived meanwhile.
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
@@ -242,6 +255,13 @@ async fn write_batches(raft: Raft, mut rx: mpsc::UnboundedReceiver<WriteWaiter>)
         let now = now_ns();
         let (reqs, waiters): (Vec<KeyRequest>, Vec<oneshot::Sender<LeaderReply>>) =
             batch.into_iter().unzip();
+        if draining.load(Ordering::SeqCst) {
+            // Stopping: propose nothing more; the senders try the next leader.
+            for w in waiters {
+                let _ = w.send(LeaderReply::NotLeader);
+            }
+            continue;
+        }
         let proposal = Proposal::Batch(
             reqs.into_iter()
                 .map(|req| v2::Command::Key { req, now })
@@ -386,7 +406,14 @@ impl Node {
         let (reads, read_rx) = mpsc::unbounded_channel();
         tokio::spawn(read_index_rounds(raft.clone(), read_rx));
         let (writes, write_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(raft.clone(), write_rx));
+        let write_permits = Arc::new(tokio::sync::Semaphore::new(WRITE_BATCHES_IN_FLIGHT));
+        let draining = Arc::new(AtomicBool::new(false));
+        tokio::spawn(write_batches(
+            raft.clone(),
+            write_permits.clone(),
+            draining.clone(),
+            write_rx,
+        ));
         let (forwards, forward_rx) = mpsc::unbounded_channel();
         tokio::spawn(forward_batches(peers.clone(), forward_rx));
         Ok(Arc::new(Node {
@@ -405,6 +432,8 @@ impl Node {
             writes,
             forwards,
             log_closer,
+            write_permits,
+            draining,
         }))
     }
 
@@ -488,8 +517,24 @@ impl Node {
         )))
     }
 
+    /// Stops proposing and waits (up to 5 s) until the write batches in flight are answered,
+    /// so a member that stops never fails a write it had already taken.
+    pub async fn drain(&self) {
+        if self.draining.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let all = WRITE_BATCHES_IN_FLIGHT as u32;
+        let drained =
+            tokio::time::timeout(Duration::from_secs(5), self.write_permits.acquire_many(all))
+                .await;
+        if let Ok(Ok(permits)) = drained {
+            permits.forget();
+        }
+    }
+
     /// Stops Raft and then the log's IO thread, so nothing is inside RocksDB at exit.
     pub async fn shutdown(&self) {
+        self.drain().await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -600,6 +645,10 @@ impl Node {
     /// Executes a leader request here. Answers `NotLeader` without side effects when this
     /// member turns out not to be the leader.
     pub async fn execute(&self, req: &LeaderRequest) -> LeaderReply {
+        if self.draining.load(Ordering::SeqCst) {
+            // Nothing is proposed, so the sender can safely ask the next leader.
+            return LeaderReply::NotLeader;
+        }
         match req {
             LeaderRequest::Key(key) => {
                 let (tx, rx) = oneshot::channel();
@@ -928,6 +977,7 @@ impl Node {
                 tracing::warn!(
                     "this member has been permanently removed from the cluster; shutting down"
                 );
+                self.drain().await;
                 shutdown.cancel();
                 return;
             }
@@ -963,6 +1013,7 @@ impl Node {
                     tracing::warn!(
                         "this member has been permanently removed from the cluster; shutting down"
                     );
+                    self.drain().await;
                     shutdown.cancel();
                     return;
                 }
