@@ -39,6 +39,12 @@ enum Command {
     Registry(RegistryArgs),
     /// Talk to the registry like etcdctl (v2): mk, get, ls, watch, member, ...
     Ctl(registry::ctl::CtlArgs),
+    /// Register running Docker containers in the service catalog (Registrator's rules).
+    Registrator(registrator::cli::RegistratorArgs),
+    /// Keep one catalog key alive while a container runs or a check passes (sidekick).
+    Announce(registrator::cli::AnnounceArgs),
+    /// Serve DNS from the catalog: <service>.berth -> VIP, tasks.<service>.berth, SRV; forward the rest.
+    Dns(dns::Args),
 }
 
 #[derive(Args)]
@@ -177,6 +183,13 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     })
 }
 
+async fn bind_dns(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, TcpListener)> {
+    let udp = tokio::net::UdpSocket::bind(addr).await.with_context(|| {
+        format!("cannot listen for DNS on udp {addr}: is another DNS server there? Pick another address with --listen.")
+    })?;
+    Ok((udp, bind(addr, "DNS over TCP").await?))
+}
+
 fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
@@ -228,7 +241,44 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 args.data_dir.display()
             );
             eprintln!("berth up: try `ETCDCTL_API=2 etcdctl --endpoints {} ls /` or `berth ctl ls /`; Ctrl-C stops", args.client_url);
+            if std::path::Path::new(registrator::config::DEFAULT_DOCKER_SOCKET).exists() {
+                let cfg = registrator::Config {
+                    endpoints: vec![args.client_url.clone()],
+                    ..Default::default()
+                };
+                eprintln!("berth up: registrator following Docker, catalog under /services");
+                tokio::spawn(async move {
+                    if let Err(e) = registrator::run(cfg, CancellationToken::new()).await {
+                        tracing::error!("registrator: {e}");
+                    }
+                });
+            }
+            let dns_args = dns::Args {
+                endpoints: args.client_url.clone(),
+                ..dns::Args::defaults()
+            };
+            let (dns_config, (udp, tcp)) = (dns_args.config()?, bind_dns(dns_args.listen).await?);
+            eprintln!(
+                "berth up: DNS on {} (zone berth., VIPs from {})",
+                dns_args.listen, dns_config.vip_range
+            );
+            tokio::spawn(async move {
+                if let Err(e) = dns::run(dns_config, udp, tcp, CancellationToken::new()).await {
+                    tracing::error!("dns: {e}");
+                }
+            });
             run_registry(config, vec![client], peer).await?;
+        }
+        Command::Registrator(args) => {
+            registrator::run(args.config()?, shutdown_on_signal()).await?;
+        }
+        Command::Dns(args) => {
+            let config = args.config()?;
+            let (udp, tcp) = bind_dns(args.listen).await?;
+            dns::run(config, udp, tcp, shutdown_on_signal()).await?;
+        }
+        Command::Announce(args) => {
+            registrator::announce::run(args.config()?, shutdown_on_signal()).await?;
         }
         Command::Ctl(args) => {
             let mut out = std::io::stdout();
@@ -248,8 +298,11 @@ fn main() -> ExitCode {
     let quiet = matches!(cli.command, Command::Ctl(_));
     let filter = if quiet {
         "warn".to_string()
-    } else {
+    } else if cli.log.contains("hickory") {
         cli.log.clone()
+    } else {
+        // hickory-server logs every DNS query at info.
+        format!("{},hickory_server=warn", cli.log)
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
