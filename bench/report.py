@@ -96,7 +96,10 @@ def cmd_machine(a):
         "dd_dsync": dd_dsync(a.dir),
         "versions": {
             "berth": sh(f"{a.berth} --version"),
-            "berth_git": git + (" (registry sources modified)" if dirty else ""),
+            "berth_git": git + (" + uncommitted changes" if dirty else ""),
+            "berth_binary": f"{a.berth}, built {datetime.datetime.fromtimestamp(os.path.getmtime(a.berth), datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+            "berth_build": a.build_note,
+            "head_commit_time": sh(f"git -C {ROOT} log -1 --format=%cd --date=format-local:'%Y-%m-%d %H:%M UTC'"),
             "etcd": sh(f"{a.etcd} --version | head -n 1"),
             "etcd_go": sh(f"{a.etcd} --version | grep -i 'go version'"),
             "rustc": sh("rustc --version"),
@@ -247,7 +250,9 @@ def cmd_render(a):
       + (f"; `{dd['command']}`: {dd.get('per_write_ms')} ms per write" if dd.get("per_write_ms") else "")
       + ".")
     v = m["versions"]
-    w(f"- Versions: {v['berth']} (git {v['berth_git']}, {v['rustc']}); {v['etcd']} ({v['etcd_go']}, run with `--enable-v2`).")
+    w(f"- Versions: {v['berth']} (repo HEAD {v['berth_git']}, committed {v.get('head_commit_time', '?')}; "
+      f"binary {v.get('berth_binary', '?')}: {v.get('berth_build', '')}; {v['rustc']}); "
+      f"{v['etcd']} ({v['etcd_go']}, run with `--enable-v2`).")
     w("- Durability: both fsync before acknowledging (etcd: WAL fsync on each Raft ready batch; "
       "berth: RocksDB write with `sync=true` for every log append).")
     w("- The load generator runs on the same 2 cores as the three members, so every number here "
@@ -413,6 +418,32 @@ def cmd_render(a):
             w("  ```")
         w("")
 
+    # ---- member logs
+    logs = [(sys_, wl, r) for sys_, wls in res.items() for wl, r in wls.items() if wl.startswith("logs-")]
+    if logs:
+        w("## Member logs")
+        w("")
+        w("Counted in each member's log after each cluster stopped (`main`: every load step; `rss`: the fill). "
+          "Peer timeouts are berth's `peer ... did not answer within 100ms` (the Raft RPC timeout) or etcd's "
+          "`timed out`/`i/o timeout`; slow are etcd's `took too long` / `slow` warnings.")
+        w("")
+        w("| cluster | member | warn | error | panic | peer timeouts | slow | elections |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|")
+        for sys_, wl, r in logs:
+            for mem, c in r["members"].items():
+                w(f"| {sys_} {wl[5:]} | {mem} | {c['warn']} | {c['error']} | {c['panic']} | {c['peer_timeouts']} | "
+                  f"{c['slow']} | {c['elections']} |")
+        w("")
+        ex = [(sys_, wl, mem, e) for sys_, wl, r in logs for mem, c in r["members"].items() for e in c["examples"][:1]]
+        if ex:
+            w("Example peer-timeout lines:")
+            w("")
+            w("```")
+            for sys_, wl, mem, e in ex[:4]:
+                w(f"{sys_} {wl[5:]} {mem}: {e[:260]}")
+            w("```")
+            w("")
+
     # ---- CPU hygiene
     shares = []
     for sys_, wls in res.items():
@@ -427,7 +458,8 @@ def cmd_render(a):
         w("")
         w("Before each step `bench/run` waits until processes other than the cluster use at most 15% of the "
           "machine, and it records the CPU share of members, load generator and everything else during the "
-          "step (`cpu_share` in the JSON). "
+          "step (`cpu_share` in the JSON; \"other\" also holds kernel work not charged to a process: "
+          "softirq for loopback TCP, block-layer kworkers, so a few percent is normal). "
           f"Largest share taken by other processes in this run: {worst[2]['other_processes']:.0%} "
           f"({worst[0]} `{worst[1]}`)."
           + (" Steps where other processes took more than 5%: "
@@ -528,6 +560,7 @@ def main():
     m.add_argument("--dir", required=True)
     m.add_argument("--berth", required=True)
     m.add_argument("--etcd", required=True)
+    m.add_argument("--build-note", default="")
     c = sub.add_parser("collect")
     c.add_argument("--machine", required=True)
     c.add_argument("--results", required=True)

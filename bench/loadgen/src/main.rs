@@ -179,6 +179,7 @@ fn lat_json(h: &Histogram<u64>) -> Value {
         return json!(null);
     }
     json!({
+        "min": ms(h.min()),
         "p50": ms(h.value_at_quantile(0.50)),
         "p90": ms(h.value_at_quantile(0.90)),
         "p99": ms(h.value_at_quantile(0.99)),
