@@ -137,7 +137,7 @@ def cmd_collect(a):
             t = read_text(os.path.join(a.profile, name))
             if t is not None:
                 profile[name] = t
-        for name in ("diskstats.json", "loadgen.json"):
+        for name in ("diskstats.json", "loadgen.json", "cpu.json"):
             t = read_text(os.path.join(a.profile, name))
             if t:
                 try:
@@ -323,6 +323,7 @@ def cmd_render(a):
             ("the write's own latency (ms)", lambda r: fmt(r.get("write_ms"))),
             ("watchers answered", lambda r: fmt(r.get("answered"))),
             (f"answered within {(b or e or {}).get('deadline_ms', 100)} ms", lambda r: fmt(r.get("answered_within_deadline"))),
+            ("first watcher answered (min, ms)", lambda r: fmt(lat(r, "min"))),
             ("p50 ms", lambda r: fmt(lat(r, "p50"))),
             ("p90 ms", lambda r: fmt(lat(r, "p90"))),
             ("p99 ms", lambda r: fmt(lat(r, "p99"))),
@@ -486,8 +487,12 @@ def cmd_render(a):
         w("")
         lg, ds = prof.get("loadgen.json"), prof.get("diskstats.json")
         if isinstance(lg, dict) and lg.get("rps"):
+            cj = prof.get("cpu.json")
+            cpu = (f" CPU over the sampling window: machine {cj['machine_busy']:.0%} busy; members {cj['members']:.0%}, "
+                   f"load generator {cj['loadgen']:.0%}, other (samplers, kernel, other processes) {cj['other_processes']:.0%} "
+                   f"of the machine." if isinstance(cj, dict) else "")
             w(f"Profiled run: {fmt(lg['rps'])} req/s, p50 {fmt(lat(lg, 'p50'))} ms, p99 {fmt(lat(lg, 'p99'))} ms "
-              f"(with the samplers running).")
+              f"(with the samplers running).{cpu}")
             w("")
         if isinstance(ds, dict) and isinstance(lg, dict) and lg.get("rps"):
             fl = ds.get("flushes_per_s") or 0
