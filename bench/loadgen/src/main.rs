@@ -437,7 +437,9 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
     let sem = Arc::new(Semaphore::new(args.connect_parallelism.max(1)));
     let registered = Arc::new(AtomicUsize::new(0));
     let errors = Errors::new();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Instant, bool)>();
+    // Each answered watcher hands its connection back, so no connection is closed while the
+    // fan-out is measured (closing 10,000 sockets would load both sides).
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Instant, bool, Option<Conn>)>();
     let setup_start = Instant::now();
     for _ in 0..n {
         let sem = sem.clone();
@@ -468,14 +470,13 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
                         String::from_utf8_lossy(&body).trim()
                     ));
                 }
-                let _ = done_tx.send((t, good));
-                drop(conn);
+                let _ = done_tx.send((t, good, Some(conn)));
                 Ok(())
             }
             .await;
             if let Err(e) = r {
                 errors.add(format!("watcher: {e:#}"));
-                let _ = done_tx.send((Instant::now(), false));
+                let _ = done_tx.send((Instant::now(), false, None));
             }
         });
     }
@@ -509,6 +510,7 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
     let mut answered = 0usize;
     let mut within = 0usize;
     let mut bad = 0usize;
+    let mut keep = Vec::with_capacity(n);
     let deadline = t0 + Duration::from_secs(30);
     let limit = Duration::from_millis(args.watch_deadline_ms);
     loop {
@@ -517,7 +519,8 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
             break;
         }
         match tokio::time::timeout(deadline - now, done_rx.recv()).await {
-            Ok(Some((t, good))) => {
+            Ok(Some((t, good, conn))) => {
+                keep.extend(conn);
                 if !good {
                     bad += 1;
                     continue;
@@ -532,6 +535,7 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
             Ok(None) | Err(_) => break,
         }
     }
+    drop(keep);
     let samples = errors.samples.lock().unwrap().clone();
     Ok(json!({
         "watchers": n,
