@@ -33,7 +33,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole stack on this host with defaults: a single-member registry on
-    /// 127.0.0.1:2379 with its data in ./berth-data.
+    /// 127.0.0.1:2379 with its data in ./berth-data, DNS on 127.0.0.1:8600, the proxy on
+    /// 127.0.0.1:8800 with VIPs in 127.77.0.0/16, and the registrator when Docker is there.
     Up(UpArgs),
     /// Run a registry member (etcd v2 API; etcd's flag names).
     Registry(RegistryArgs),
@@ -45,6 +46,10 @@ enum Command {
     Announce(registrator::cli::AnnounceArgs),
     /// Serve DNS from the catalog: <service>.berth -> VIP, tasks.<service>.berth, SRV; forward the rest.
     Dns(dns::Args),
+    /// Reverse proxy: HTTP routes by host and path, TCP on VIPs, following the catalog live.
+    Proxy(proxy::Args),
+    /// Blue-green deploy of a service's containers: start the next color, flip, drain, stop the old.
+    Deploy(proxy::deploy::Args),
 }
 
 #[derive(Args)]
@@ -267,6 +272,21 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                     tracing::error!("dns: {e}");
                 }
             });
+            let proxy_args = proxy::Args {
+                endpoints: args.client_url.clone(),
+                ..proxy::Args::defaults()
+            };
+            let proxy_config = proxy_args.config()?;
+            let bound = proxy::bind(proxy_args.http_listen, proxy_args.admin_listen).await?;
+            eprintln!(
+                "berth up: proxy on http://{} (routes from the instances' http field; TCP on VIP:port)",
+                proxy_args.http_listen
+            );
+            tokio::spawn(async move {
+                if let Err(e) = proxy::run(proxy_config, bound, CancellationToken::new()).await {
+                    tracing::error!("proxy: {e}");
+                }
+            });
             run_registry(config, vec![client], peer).await?;
         }
         Command::Registrator(args) => {
@@ -276,6 +296,14 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             let config = args.config()?;
             let (udp, tcp) = bind_dns(args.listen).await?;
             dns::run(config, udp, tcp, shutdown_on_signal()).await?;
+        }
+        Command::Proxy(args) => {
+            let config = args.config()?;
+            let bound = proxy::bind(args.http_listen, args.admin_listen).await?;
+            proxy::run(config, bound, shutdown_on_signal()).await?;
+        }
+        Command::Deploy(args) => {
+            proxy::deploy::run(args, proxy::deploy::stdout_printer()).await?;
         }
         Command::Announce(args) => {
             registrator::announce::run(args.config()?, shutdown_on_signal()).await?;
@@ -295,7 +323,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Ctl(_));
+    let quiet = matches!(cli.command, Command::Ctl(_) | Command::Deploy(_));
     let filter = if quiet {
         "warn".to_string()
     } else if cli.log.contains("hickory") {

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::VipError;
-use crate::state::Shared;
 use crate::vip::{ip_key, service_key, Release, ReleaseTracker, VipRange};
+use registry::catalog::Shared;
 
 /// Conflicts tolerated while claiming one VIP before giving up until the next round.
 const MAX_CONFLICTS: usize = 64;

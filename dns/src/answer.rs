@@ -22,9 +22,9 @@ use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::{A, AAAA, PTR, SOA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
-use crate::catalog::Catalog;
-use crate::instance::Proto;
 use crate::vip::VipRange;
+use registry::catalog::Catalog;
+use registry::catalog::Proto;
 
 /// An authoritative answer.
 #[derive(Debug, Clone, PartialEq)]

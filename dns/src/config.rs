@@ -130,7 +130,7 @@ pub struct Config {
 /// Normalises a zone name: lower case, trailing dot, DNS-safe labels.
 pub fn parse_domain(s: &str) -> Result<String, ConfigError> {
     let t = s.trim().trim_end_matches('.').to_ascii_lowercase();
-    if t.is_empty() || t.len() > 200 || !t.split('.').all(crate::instance::is_dns_label) {
+    if t.is_empty() || t.len() > 200 || !t.split('.').all(registry::catalog::is_dns_label) {
         return Err(ConfigError::Domain(s.to_string()));
     }
     Ok(format!("{t}."))

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::answer::{Answer, Outcome, Zone};
 use crate::config::Config;
 use crate::forward::Forwarder;
-use crate::state::Shared;
+use registry::catalog::Shared;
 
 /// Largest UDP payload we send, whatever the client advertises.
 const MAX_UDP_PAYLOAD: u16 = 4096;
@@ -50,7 +50,7 @@ impl Handler {
     }
 
     /// A handler over a fixed catalog, without registry or allocator (fuzzing, tests).
-    pub fn standalone(config: &Config, catalog: crate::catalog::Catalog) -> Handler {
+    pub fn standalone(config: &Config, catalog: registry::catalog::Catalog) -> Handler {
         let shared = Arc::new(Shared::new(catalog));
         shared.set_synced();
         Handler::new(config, shared, None)

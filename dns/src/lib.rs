@@ -36,44 +36,37 @@
 //!
 //! # Layout
 //!
+//! The catalog itself (instances, routes, VIP claims, the watch loop that keeps it current)
+//! lives in [`registry::catalog`], shared with the proxy.
+//!
 //! | module | concern |
 //! |---|---|
 //! | [`config`] | flags ([`Args`]) and the validated [`Config`] |
-//! | [`instance`] | an instance value (JSON or `ip:port`) and the DNS-label rule |
-//! | [`catalog`] | pure state: services, routes, VIPs from registry reads and events |
 //! | [`answer`] | pure lookup: catalog + question -> records / NXDOMAIN / forward |
 //! | [`vip`] | pure VIP decisions: key schema, range, candidates, releases due |
 //! | [`allocator`] | claims and releases VIPs by compare-and-swap (I/O) |
-//! | [`sync`] | the registry watch loop (I/O) |
 //! | [`forward`] | forwarding to upstream resolvers (I/O) |
 //! | [`handler`] | the hickory `RequestHandler` |
 //! | [`packet`] | the request path from bytes to bytes, for fuzzing and tests |
-//! | [`state`] | the catalog shared between the tasks |
 //! | [`server`] | [`run`] |
 //! | [`error`] | typed errors |
 
 pub mod allocator;
 pub mod answer;
-pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod forward;
 pub mod handler;
-pub mod instance;
 pub mod packet;
 pub mod server;
-pub mod state;
-pub mod sync;
 pub mod vip;
 
 pub use answer::{Answer, Outcome, Zone};
-pub use catalog::Catalog;
 pub use config::{Args, Config};
 pub use error::{ConfigError, Error, ForwardError, VipError};
 pub use handler::Handler;
-pub use instance::Instance;
+pub use registry::catalog::{Catalog, Instance, Shared};
 pub use server::run;
-pub use state::Shared;
 pub use vip::VipRange;
 
 /// Re-exported for callers of [`packet::respond`].

@@ -95,7 +95,7 @@ impl ResponseHandler for Capture {
 /// the fuzz target and the generated-packet tests.
 pub fn sample_handler() -> Handler {
     use registry::client::{Node, Response};
-    let mut catalog = crate::catalog::Catalog::new();
+    let mut catalog = registry::catalog::Catalog::new();
     let mut set = |key: String, value: &str| {
         catalog.apply(&Response {
             action: "set".into(),

@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::{ConfigError, Error};
 use crate::handler::Handler;
-use crate::state::Shared;
+use registry::catalog::Shared;
 
 /// Idle time after which a TCP client connection is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -37,7 +37,7 @@ pub async fn run(
         let shared = Arc::new(Shared::default());
         let (vip_tx, vip_rx) = mpsc::channel(1024);
         let sync = tokio::spawn(
-            crate::sync::run(client.clone(), shared.clone(), shutdown.child_token())
+            registry::catalog::follow(client.clone(), shared.clone(), shutdown.child_token())
                 .in_current_span(),
         );
         let alloc = tokio::spawn(

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use crate::catalog::Catalog;
 use crate::error::ConfigError;
+use registry::catalog::Catalog;
 
 /// Directory of the service -> VIP claims (the deciding keys).
 pub const SERVICE_DIR: &str = "/_berth/vips/service";

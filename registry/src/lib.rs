@@ -12,9 +12,12 @@
 //! - [`http`]: the client API handlers; [`peer`]: the peer API handlers.
 //! - [`server`]: [`run`] ties listeners, node and shutdown together.
 //! - [`config`]: etcd-named flags, member and cluster ids.
+//! - [`catalog`]: the service catalog of SPEC §3 (instances, blue-green routes, VIP claims)
+//!   as pure state, and the watch loop that keeps a copy current; read by DNS and the proxy.
 //! - [`client`] and [`ctl`]: the v2 client used by every other berth component, and
 //!   `berth ctl`, an etcdctl v2 work-alike.
 
+pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod ctl;

@@ -3,8 +3,10 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
+pub mod docker;
 pub mod etcd;
 pub mod http;
+pub mod proc;
 
 pub use cluster::{Cluster, MemberProc};
 pub use etcd::Etcd;

@@ -2,17 +2,17 @@
 //! `/_berth`, then a recursive watch of each from the index after the read, resuming from the
 //! last event seen. An index that fell out of the registry's history (etcd error 401) means
 //! reading everything again. While the registry is unreachable the catalog is left as it is
-//! (DNS keeps answering from it) and the connection is retried with backoff.
+//! (readers keep serving from it) and the connection is retried with backoff.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry::client::{codes, Client, ClientError, GetOptions, Node, WatchOptions};
+use crate::client::{codes, Client, ClientError, GetOptions, Node, WatchOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::state::Shared;
+use super::Shared;
 
 /// Longest a single long-poll waits before it is issued again (guards against a registry
 /// that stopped answering without closing the connection).
@@ -36,7 +36,7 @@ impl Part {
 }
 
 /// Follows the registry until `shutdown`.
-pub async fn run(client: Client, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn follow(client: Client, shared: Arc<Shared>, shutdown: CancellationToken) {
     let loaded = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
     let live = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
     let parts = [Part::Services, Part::Berth];
@@ -46,7 +46,8 @@ pub async fn run(client: Client, shared: Arc<Shared>, shutdown: CancellationToke
             (client.clone(), shared.clone(), loaded.clone(), live.clone());
         let span = tracing::info_span!("watch", prefix = part.prefix());
         tasks.push(tokio::spawn(
-            async move { follow(client, shared, part, i, loaded, live).await }.instrument(span),
+            async move { follow_part(client, shared, part, i, loaded, live).await }
+                .instrument(span),
         ));
     }
     shutdown.cancelled().await;
@@ -55,7 +56,7 @@ pub async fn run(client: Client, shared: Arc<Shared>, shutdown: CancellationToke
     }
 }
 
-async fn follow(
+async fn follow_part(
     client: Client,
     shared: Arc<Shared>,
     part: Part,

@@ -23,6 +23,17 @@ pub struct Instance {
     pub proto: Proto,
     /// SRV weight (the `weight` field, default 1).
     pub weight: u16,
+    /// HTTP routing for the proxy (the `http` field), if the writer set one.
+    pub http: Option<HttpRoute>,
+}
+
+/// Where the proxy routes HTTP requests to an instance: by `Host` (`domain`, without port,
+/// lower case) and path prefix (`path`, starting with `/`). A missing domain matches any host;
+/// a missing path is `/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct HttpRoute {
+    pub domain: Option<String>,
+    pub path: String,
 }
 
 /// Why an instance value was not accepted (the instance is then left out of DNS).
@@ -34,6 +45,8 @@ pub enum InstanceError {
     Host(String),
     #[error("port {0:?} is not a number in 1..=65535")]
     Port(String),
+    #[error("http {0} is not {{\"domain\": \"name\", \"path\": \"/prefix\"}}")]
+    Http(String),
 }
 
 #[derive(Deserialize)]
@@ -46,6 +59,47 @@ struct Json {
     proto: Option<String>,
     #[serde(default)]
     weight: Option<serde_json::Value>,
+    #[serde(default)]
+    http: Option<serde_json::Value>,
+}
+
+/// The `http` field: `{"domain": "shop.example", "path": "/api"}`; either may be missing.
+/// Anything else (not an object, non-string members, a path not starting with `/`) is refused
+/// so that a typo does not silently route a service to every request.
+fn parse_http(v: &serde_json::Value) -> Result<Option<HttpRoute>, InstanceError> {
+    let bad = || InstanceError::Http(v.to_string());
+    let m = match v {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Object(m) => m,
+        _ => return Err(bad()),
+    };
+    let field = |name: &str| -> Result<Option<String>, InstanceError> {
+        match m.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.trim().to_string())),
+            Some(_) => Err(bad()),
+        }
+    };
+    let domain = field("domain")?.map(|d| {
+        let d = d.to_ascii_lowercase();
+        d.trim_end_matches('.').to_string()
+    });
+    if let Some(d) = &domain {
+        let ok = d.split('.').all(|l| is_dns_label(l) || l == "*");
+        if !ok {
+            return Err(bad());
+        }
+    }
+    let path = match field("path")? {
+        None => "/".to_string(),
+        Some(p) if p.starts_with('/') => p,
+        Some(_) => return Err(bad()),
+    };
+    if domain.is_none() && path == "/" && m.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(HttpRoute { domain, path }))
 }
 
 impl Instance {
@@ -91,12 +145,17 @@ impl Instance {
                 .color
                 .map(|c| c.trim().to_ascii_lowercase())
                 .filter(|c| !c.is_empty());
+            let http = match &j.http {
+                Some(v) => parse_http(v)?,
+                None => None,
+            };
             return Ok(Instance {
                 addr,
                 port,
                 color,
                 proto,
                 weight,
+                http,
             });
         }
         let bare = if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
@@ -116,6 +175,7 @@ impl Instance {
             color: None,
             proto: id_proto,
             weight: 1,
+            http: None,
         })
     }
 }
@@ -186,6 +246,36 @@ mod tests {
             "{broken",
         ] {
             assert!(Instance::parse("i", v).is_err(), "{v:?} accepted");
+        }
+    }
+
+    #[test]
+    fn http_routes() {
+        let i = Instance::parse(
+            "a",
+            r#"{"host":"10.0.0.5","port":80,"http":{"domain":"Shop.Example.","path":"/api"}}"#,
+        )
+        .unwrap();
+        let h = i.http.unwrap();
+        assert_eq!(h.domain.as_deref(), Some("shop.example"));
+        assert_eq!(h.path, "/api");
+        let i =
+            Instance::parse("a", r#"{"host":"10.0.0.5","port":80,"http":{"path":"/x"}}"#).unwrap();
+        assert_eq!(i.http.unwrap().domain, None);
+        let i = Instance::parse("a", r#"{"host":"10.0.0.5","port":80,"http":{}}"#).unwrap();
+        assert_eq!(i.http, None);
+        let i = Instance::parse("a", r#"{"host":"10.0.0.5","port":80,"http":null}"#).unwrap();
+        assert_eq!(i.http, None);
+        for bad in [
+            r#"{"host":"10.0.0.5","port":80,"http":"shop"}"#,
+            r#"{"host":"10.0.0.5","port":80,"http":{"path":"api"}}"#,
+            r#"{"host":"10.0.0.5","port":80,"http":{"domain":"a b"}}"#,
+            r#"{"host":"10.0.0.5","port":80,"http":{"domain":7}}"#,
+        ] {
+            assert!(
+                matches!(Instance::parse("a", bad), Err(InstanceError::Http(_))),
+                "{bad}"
+            );
         }
     }
 

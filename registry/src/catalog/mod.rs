@@ -1,12 +1,18 @@
-//! The catalog: what the registry says about services, blue-green routes and VIPs, built from
+//! The service catalog (SPEC §3): what the registry says about services, blue-green routes and VIPs, built from
 //! recursive reads and kept current by applying watch events. Pure: no I/O, no clock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
-use registry::client::{Node, Response};
+use crate::client::{Node, Response};
 
-use crate::instance::{is_dns_label, Instance};
+pub mod follow;
+pub mod instance;
+pub mod shared;
+
+pub use follow::follow;
+pub use instance::{is_dns_label, Instance, InstanceError, Proto};
+pub use shared::Shared;
 
 /// A service's VIP as claimed by `/_berth/vips/service/<service>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +29,7 @@ pub struct Reservation {
     pub index: u64,
 }
 
-/// Everything the DNS server answers from.
+/// Everything DNS and the proxy answer from.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
     /// service (lower case) -> instance id -> instance.
@@ -332,6 +338,28 @@ impl Catalog {
             .keys()
             .filter(|s| !self.vips.contains_key(*s))
             .map(String::as_str)
+    }
+
+    /// Names of the services that have instances, in no particular order.
+    pub fn service_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.services.keys().map(String::as_str)
+    }
+
+    /// The active color of a blue-green service (`/_berth/routes/<service>`), if it has one.
+    pub fn active_color(&self, service: &str) -> Option<&str> {
+        self.routes.get(service).map(String::as_str)
+    }
+
+    /// All instances of a service, of every color, in instance-id order.
+    pub fn instances<'a>(
+        &'a self,
+        service: &str,
+    ) -> impl Iterator<Item = (&'a str, &'a Instance)> + 'a {
+        self.services
+            .get(service)
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .map(|(id, i)| (id.as_str(), i))
     }
 
     /// Number of services with instances.

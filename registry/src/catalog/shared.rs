@@ -5,7 +5,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 
 use tokio::sync::watch;
 
-use crate::catalog::Catalog;
+use super::Catalog;
 
 /// The catalog behind a lock, whether it has been read from the registry yet, and a version
 /// counter that waiters (allocator, queries waiting for a VIP) watch.

@@ -19,6 +19,24 @@ use tracing::Instrument;
 /// The response body type of every berth HTTP server.
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// Connection settings of [`serve_with`].
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Close a connection whose request headers do not arrive within this time (slowloris).
+    pub header_read_timeout: Option<Duration>,
+    /// How long open connections get to finish after `shutdown`.
+    pub grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: None,
+            grace: Duration::from_millis(500),
+        }
+    }
+}
+
 /// Serves HTTP/1.1 (and h2c) on `listener` until `shutdown` fires, then gives open
 /// connections a moment to finish.
 pub async fn serve<F, Fut>(
@@ -29,6 +47,22 @@ pub async fn serve<F, Fut>(
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_with(listener, kind, handler, shutdown, ServeOptions::default()).await
+}
+
+/// [`serve`] with any response body type and explicit connection settings.
+pub async fn serve_with<F, Fut, B>(
+    listener: TcpListener,
+    kind: &'static str,
+    handler: F,
+    shutdown: CancellationToken,
+    options: ServeOptions,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let local = listener.local_addr().ok();
     let span = tracing::info_span!("listener", kind, addr = ?local);
@@ -54,7 +88,13 @@ pub async fn serve<F, Fut>(
                 let handler = handler.clone();
                 async move { Ok::<_, Infallible>(handler(req, peer).await) }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            if let Some(t) = options.header_read_timeout {
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(t);
+            }
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let conn = graceful.watch(conn.into_owned());
             tokio::spawn(
@@ -68,7 +108,7 @@ pub async fn serve<F, Fut>(
         }
         drop(listener);
         // Long-poll watches never finish on their own: give the rest a short grace period.
-        let _ = tokio::time::timeout(Duration::from_millis(500), graceful.shutdown()).await;
+        let _ = tokio::time::timeout(options.grace, graceful.shutdown()).await;
         tracing::info!("stopped");
     }
     .instrument(span)

@@ -6,8 +6,11 @@
 //!   in log order; snapshots are persisted to RocksDB so a restart needs the disk alone.
 //! - [`network`]: the peer RPC client (HTTP/1.1 to each member's peer URL).
 
+// openraft's StorageError is large; it is the error type the storage traits require.
+#[allow(clippy::result_large_err)]
 pub mod log_store;
 pub mod network;
+#[allow(clippy::result_large_err)]
 pub mod state_machine;
 
 use std::io::Cursor;

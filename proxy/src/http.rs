@@ -1,0 +1,495 @@
+//! The L7 path: route a request by host and path, pick an instance, forward it with
+//! X-Forwarded-* headers over a keep-alive pool, retry a failed connect on another instance,
+//! splice WebSocket (any `Upgrade`) connections, and answer 404/503/502/504/413/400 with a
+//! short reason when there is nothing to forward to.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tracing::Instrument;
+
+use crate::balance::{now_ms, pick, InFlight};
+use crate::config::Config;
+use crate::server::State;
+
+/// Boxed errors of bodies passing through.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Request and response bodies of the proxy.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+/// The pooled HTTP/1.1 client to instances.
+pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+
+/// Headers that describe one connection and are not forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// The client to instances: keep-alive pool, `TCP_NODELAY`, connect timeout.
+pub fn upstream_client(config: &Config) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+fn full(b: impl Into<Bytes>) -> ProxyBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// A response made by the proxy itself, with a one-line reason.
+pub fn reply(status: StatusCode, reason: &str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(format!("berth proxy: {reason}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert("x-berth-proxy", HeaderValue::from_static("1"));
+    r
+}
+
+/// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
+                .unwrap_or(false)
+        })
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// Whether the request has no body (so it can be sent again to another instance).
+fn bodiless(h: &HeaderMap) -> bool {
+    !h.contains_key(header::TRANSFER_ENCODING)
+        && h.get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
+/// Handles one request from `peer`.
+pub async fn handle(
+    state: Arc<State>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let config = &state.config;
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        return reply(StatusCode::BAD_REQUEST, "request without a Host header");
+    };
+    // Request smuggling: a message with both framings is refused outright (RFC 9112 §6.3
+    // allows a server to treat it as an error; a proxy must not guess).
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "both Content-Length and Transfer-Encoding",
+        );
+    }
+    if let Some(max) = config.max_body {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body larger than {max} bytes"),
+            );
+        }
+    }
+    let path = req.uri().path().to_string();
+    let table = state.table();
+    let route = match table.route(&host, &path) {
+        Ok(r) => r,
+        Err(_) => {
+            state.metrics.no_route.fetch_add(1, Ordering::Relaxed);
+            let why = if state.catalog.is_synced() {
+                format!(
+                    "no route for {}{}",
+                    crate::table::normalize_host(&host),
+                    path
+                )
+            } else {
+                "the registry has not been read yet".to_string()
+            };
+            let r = reply(
+                if state.catalog.is_synced() {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                &why,
+            );
+            access_log(config, peer, &req, &host, r.status(), "-", "-", start);
+            return r;
+        }
+    };
+    let pool = route.pool.clone();
+    drop(table);
+
+    let upgrade = wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let retryable = bodiless(req.headers()) && !upgrade;
+    let (parts, body) = req.into_parts();
+    let mut body = Some(match config.max_body {
+        Some(max) => Limited::new(body, max as usize).boxed(),
+        None => body.map_err(|e| Box::new(e) as BoxError).boxed(),
+    });
+
+    let mut headers = parts.headers.clone();
+    let upgrade_proto = headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut headers);
+    if let Some(p) = upgrade_proto {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, p);
+    }
+    if !headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            headers.insert(header::HOST, v);
+        }
+    }
+    let client_ip = peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {client_ip}"),
+        None => client_ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        headers.insert("x-forwarded-host", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&client_ip) {
+        headers.insert("x-real-ip", v);
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_error = String::new();
+    let attempts = if retryable { config.retries + 1 } else { 1 };
+    for attempt in 0..attempts {
+        let Some(backend) = pick(&pool, config.balance, now_ms(), &tried) else {
+            break;
+        };
+        tried.push(backend.addr);
+        if attempt > 0 {
+            pool.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let uri: Uri = match format!("http://{}{}", backend.addr, path_and_query).parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    "request target cannot be forwarded",
+                )
+            }
+        };
+        let mut up = Request::new(if retryable {
+            empty()
+        } else {
+            body.take().unwrap_or_else(empty)
+        });
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() = headers.clone();
+        let _in_flight = InFlight::new(&backend.upstream);
+        let sent = tokio::time::timeout(config.response_timeout, state.client.request(up)).await;
+        match sent {
+            Ok(Ok(mut resp)) => {
+                backend.upstream.succeed();
+                let status = resp.status();
+                pool.metrics.observe(status.as_u16(), start.elapsed());
+                access_log(
+                    config,
+                    peer,
+                    &parts_req(&parts),
+                    &host,
+                    status,
+                    &pool.service,
+                    &backend.id,
+                    start,
+                );
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_upgrade) = client_upgrade {
+                        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                        let span = tracing::debug_span!("upgrade", %peer, instance = %backend.addr);
+                        tokio::spawn(
+                            async move {
+                                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                                    Ok((c, u)) => {
+                                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                                        let r = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                                        tracing::debug!(?r, "upgraded connection closed");
+                                    }
+                                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                                }
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    let (rp, rb) = resp.into_parts();
+                    return Response::from_parts(
+                        rp,
+                        rb.map_err(|e| Box::new(e) as BoxError).boxed(),
+                    );
+                }
+                let (mut rp, rb) = resp.into_parts();
+                strip_hop_by_hop(&mut rp.headers);
+                return Response::from_parts(rp, rb.map_err(|e| Box::new(e) as BoxError).boxed());
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                let d = backend.upstream.fail(now_ms(), config.eject);
+                tracing::warn!(service = %pool.service, instance = %backend.addr, error = %e, eject_ms = d.as_millis() as u64, "connect failed; instance ejected");
+                last_error = format!("cannot connect to {} ({})", backend.addr, source_text(&e));
+                continue;
+            }
+            Ok(Err(e)) => {
+                let status = if body_too_large(&e) {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                pool.metrics.observe(status.as_u16(), start.elapsed());
+                let why = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    format!(
+                        "request body larger than {} bytes",
+                        config.max_body.unwrap_or(0)
+                    )
+                } else {
+                    format!("instance {} failed: {}", backend.addr, source_text(&e))
+                };
+                access_log(
+                    config,
+                    peer,
+                    &parts_req(&parts),
+                    &host,
+                    status,
+                    &pool.service,
+                    &backend.id,
+                    start,
+                );
+                return reply(status, &why);
+            }
+            Err(_) => {
+                pool.metrics.observe(504, start.elapsed());
+                access_log(
+                    config,
+                    peer,
+                    &parts_req(&parts),
+                    &host,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &pool.service,
+                    &backend.id,
+                    start,
+                );
+                return reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "instance {} did not answer within {:?}",
+                        backend.addr, config.response_timeout
+                    ),
+                );
+            }
+        }
+    }
+    let (status, why) = if tried.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no live instance of service {}", pool.service),
+        )
+    } else {
+        (StatusCode::BAD_GATEWAY, last_error)
+    };
+    pool.metrics.observe(status.as_u16(), start.elapsed());
+    access_log(
+        config,
+        peer,
+        &parts_req(&parts),
+        &host,
+        status,
+        &pool.service,
+        "-",
+        start,
+    );
+    reply(status, &why)
+}
+
+/// A body-less copy of the request line, for the access log.
+fn parts_req(parts: &hyper::http::request::Parts) -> Request<()> {
+    let mut r = Request::new(());
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = parts.uri.clone();
+    r
+}
+
+fn body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+fn source_text(e: &hyper_util::client::legacy::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+#[allow(clippy::too_many_arguments)]
+fn access_log<B>(
+    config: &Config,
+    peer: SocketAddr,
+    req: &Request<B>,
+    host: &str,
+    status: StatusCode,
+    service: &str,
+    instance: &str,
+    start: Instant,
+) {
+    if config.access_log {
+        tracing::info!(
+            target: "berth::access",
+            client = %peer,
+            method = %req.method(),
+            host,
+            path = req.uri().path(),
+            status = status.as_u16(),
+            service,
+            instance,
+            ms = start.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(!wants_upgrade(&h));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(wants_upgrade(&h));
+    }
+
+    #[test]
+    fn bodiless_requests() {
+        let mut h = HeaderMap::new();
+        assert!(bodiless(&h));
+        h.insert("content-length", HeaderValue::from_static("0"));
+        assert!(bodiless(&h));
+        h.insert("content-length", HeaderValue::from_static("5"));
+        assert!(!bodiless(&h));
+        let mut h = HeaderMap::new();
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        assert!(!bodiless(&h));
+    }
+
+    #[test]
+    fn replies_carry_a_reason() {
+        let r = reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no live instance of service web",
+        );
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["x-berth-proxy"], "1");
+    }
+}
