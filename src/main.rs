@@ -45,6 +45,13 @@ enum Command {
     Announce(registrator::cli::AnnounceArgs),
     /// Serve DNS from the catalog: <service>.berth -> VIP, tasks.<service>.berth, SRV; forward the rest.
     Dns(dns::Args),
+    /// Serve the Docker plugin (IPAM, secrets and configs volumes; network driver to come)
+    /// on /run/docker/plugins/berth.sock.
+    Plugin(plugins::Args),
+    /// Manage secrets (encrypted in the registry) for berth volumes: create, ls, rm.
+    Secret(plugins::SecretArgs),
+    /// Manage configs (plain files in the registry) for berth volumes: create, ls, rm.
+    Config(plugins::ConfigArgs),
 }
 
 #[derive(Args)]
@@ -277,6 +284,17 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             let (udp, tcp) = bind_dns(args.listen).await?;
             dns::run(config, udp, tcp, shutdown_on_signal()).await?;
         }
+        Command::Plugin(args) => {
+            let config = args.config()?;
+            let listener = plugins::bind(&args.socket)?;
+            plugins::run(config, listener, shutdown_on_signal()).await?;
+        }
+        Command::Secret(args) => {
+            plugins::run_secret(args, &mut std::io::stdout()).await?;
+        }
+        Command::Config(args) => {
+            plugins::run_config(args, &mut std::io::stdout()).await?;
+        }
         Command::Announce(args) => {
             registrator::announce::run(args.config()?, shutdown_on_signal()).await?;
         }
@@ -295,7 +313,10 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Ctl(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Ctl(_) | Command::Secret(_) | Command::Config(_)
+    );
     let filter = if quiet {
         "warn".to_string()
     } else if cli.log.contains("hickory") {

@@ -48,7 +48,9 @@ pub enum IpamError {
     SubPool { sub: String, pool: String },
     #[error("IPv6 pools are not supported by berth yet")]
     V6,
-    #[error("subnet {subnet} overlaps {existing} (pool {pool_id}), already allocated in the registry")]
+    #[error(
+        "subnet {subnet} overlaps {existing} (pool {pool_id}), already allocated in the registry"
+    )]
     Overlap {
         subnet: String,
         existing: String,
@@ -58,7 +60,9 @@ pub enum IpamError {
     NoFreePool { range: String, size: u8 },
     #[error("missing PoolID")]
     MissingPoolId,
-    #[error("unknown pool {0:?}: it does not exist in the registry (released, or never requested)")]
+    #[error(
+        "unknown pool {0:?}: it does not exist in the registry (released, or never requested)"
+    )]
     UnknownPool(String),
     #[error("invalid address {0:?}: expected an IP address such as 10.90.0.5")]
     Address(String),
@@ -96,7 +100,9 @@ pub enum SecretError {
     Empty { kind: &'static str, name: String },
     #[error("config {0} is not UTF-8 text; put binary data in a secret")]
     NotText(String),
-    #[error("{kind} {name} already exists ({kind}s are immutable: remove it first, or use a new name)")]
+    #[error(
+        "{kind} {name} already exists ({kind}s are immutable: remove it first, or use a new name)"
+    )]
     Exists { kind: &'static str, name: String },
     #[error("{kind} {name} does not exist")]
     Missing { kind: &'static str, name: String },

@@ -450,8 +450,8 @@ impl Ipam {
     ) -> Result<RequestAddressResponse, IpamError> {
         let pool = self.pool(&req.pool_id).await?;
         let prefix = pool.subnet.prefix_len();
-        let is_gateway = req.options.get(REQUEST_ADDRESS_TYPE).map(String::as_str)
-            == Some(GATEWAY_TYPE);
+        let is_gateway =
+            req.options.get(REQUEST_ADDRESS_TYPE).map(String::as_str) == Some(GATEWAY_TYPE);
         let specific = if !req.address.trim().is_empty() {
             Some(check_requested(&pool, &req.address)?)
         } else if is_gateway {
@@ -611,7 +611,12 @@ mod tests {
         let mut table = PoolTable::new();
         table.insert("10.90.0.0-24".into(), pool("10.90.0.0/24"));
         let range: Ipv4Net = "10.90.0.0/16".parse().unwrap();
-        for s in ["10.90.0.0/24", "10.90.0.128/25", "10.90.0.0/16", "10.0.0.0/8"] {
+        for s in [
+            "10.90.0.0/24",
+            "10.90.0.128/25",
+            "10.90.0.0/16",
+            "10.0.0.0/8",
+        ] {
             match plan_pool(&table, &req(s), &range, 24) {
                 Err(IpamError::Overlap { existing, .. }) => assert_eq!(existing, "10.90.0.0/24"),
                 other => panic!("{s}: {other:?}"),

@@ -39,6 +39,7 @@ pub type Options = BTreeMap<String, serde_json::Value>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ActivateResponse {
+    #[serde(deserialize_with = "nullable")]
     pub implements: Vec<String>,
 }
 
@@ -110,6 +111,7 @@ pub struct RequestPoolRequest {
     pub address_space: String,
     pub pool: String,
     pub sub_pool: String,
+    #[serde(deserialize_with = "nullable")]
     pub options: BTreeMap<String, String>,
     #[serde(rename = "V6")]
     pub v6: bool,
@@ -123,6 +125,7 @@ pub struct RequestPoolResponse {
     pub pool_id: String,
     /// CIDR.
     pub pool: String,
+    #[serde(deserialize_with = "nullable")]
     pub data: BTreeMap<String, String>,
 }
 
@@ -142,6 +145,7 @@ pub struct RequestAddressRequest {
     #[serde(rename = "PoolID")]
     pub pool_id: String,
     pub address: String,
+    #[serde(deserialize_with = "nullable")]
     pub options: BTreeMap<String, String>,
 }
 
@@ -154,6 +158,7 @@ pub const GATEWAY_TYPE: &str = "com.docker.network.gateway";
 #[serde(rename_all = "PascalCase", default)]
 pub struct RequestAddressResponse {
     pub address: String,
+    #[serde(deserialize_with = "nullable")]
     pub data: BTreeMap<String, String>,
 }
 
@@ -212,7 +217,10 @@ pub struct VolumeInfo {
     pub mountpoint: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub created_at: String,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        deserialize_with = "nullable",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub status: BTreeMap<String, serde_json::Value>,
 }
 
@@ -227,6 +235,7 @@ pub struct GetVolumeResponse {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ListVolumesResponse {
+    #[serde(deserialize_with = "nullable")]
     pub volumes: Vec<VolumeInfo>,
 }
 
@@ -266,6 +275,7 @@ pub struct IpamData {
     pub address_space: String,
     pub pool: String,
     pub gateway: String,
+    #[serde(deserialize_with = "nullable")]
     pub aux_addresses: BTreeMap<String, String>,
 }
 
@@ -275,10 +285,11 @@ pub struct IpamData {
 pub struct CreateNetworkRequest {
     #[serde(rename = "NetworkID")]
     pub network_id: String,
+    #[serde(deserialize_with = "nullable")]
     pub options: Options,
-    #[serde(rename = "IPv4Data")]
+    #[serde(deserialize_with = "nullable", rename = "IPv4Data")]
     pub ipv4_data: Vec<IpamData>,
-    #[serde(rename = "IPv6Data")]
+    #[serde(deserialize_with = "nullable", rename = "IPv6Data")]
     pub ipv6_data: Vec<IpamData>,
 }
 
@@ -309,6 +320,7 @@ pub struct CreateEndpointRequest {
     #[serde(rename = "EndpointID")]
     pub endpoint_id: String,
     pub interface: Option<EndpointInterface>,
+    #[serde(deserialize_with = "nullable")]
     pub options: Options,
 }
 
@@ -336,6 +348,7 @@ pub struct EndpointRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct EndpointInfoResponse {
+    #[serde(deserialize_with = "nullable")]
     pub value: Options,
 }
 
@@ -348,6 +361,7 @@ pub struct JoinRequest {
     #[serde(rename = "EndpointID")]
     pub endpoint_id: String,
     pub sandbox_key: String,
+    #[serde(deserialize_with = "nullable")]
     pub options: Options,
 }
 
@@ -378,7 +392,7 @@ pub struct JoinResponse {
     pub gateway: String,
     #[serde(rename = "GatewayIPv6", skip_serializing_if = "String::is_empty")]
     pub gateway_ipv6: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
     pub static_routes: Vec<StaticRoute>,
     pub disable_gateway_service: bool,
 }
@@ -399,6 +413,7 @@ pub struct ProgramExternalConnectivityRequest {
     pub network_id: String,
     #[serde(rename = "EndpointID")]
     pub endpoint_id: String,
+    #[serde(deserialize_with = "nullable")]
     pub options: Options,
 }
 
@@ -408,10 +423,11 @@ pub struct ProgramExternalConnectivityRequest {
 pub struct AllocateNetworkRequest {
     #[serde(rename = "NetworkID")]
     pub network_id: String,
+    #[serde(deserialize_with = "nullable")]
     pub options: BTreeMap<String, String>,
-    #[serde(rename = "IPv4Data")]
+    #[serde(deserialize_with = "nullable", rename = "IPv4Data")]
     pub ipv4_data: Vec<IpamData>,
-    #[serde(rename = "IPv6Data")]
+    #[serde(deserialize_with = "nullable", rename = "IPv6Data")]
     pub ipv6_data: Vec<IpamData>,
 }
 
@@ -419,6 +435,7 @@ pub struct AllocateNetworkRequest {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct AllocateNetworkResponse {
+    #[serde(deserialize_with = "nullable")]
     pub options: BTreeMap<String, String>,
 }
 
@@ -485,7 +502,10 @@ impl Method {
         ("/NetworkDriver.CreateNetwork", Method::NetCreateNetwork),
         ("/NetworkDriver.DeleteNetwork", Method::NetDeleteNetwork),
         ("/NetworkDriver.CreateEndpoint", Method::NetCreateEndpoint),
-        ("/NetworkDriver.EndpointOperInfo", Method::NetEndpointOperInfo),
+        (
+            "/NetworkDriver.EndpointOperInfo",
+            Method::NetEndpointOperInfo,
+        ),
         ("/NetworkDriver.DeleteEndpoint", Method::NetDeleteEndpoint),
         ("/NetworkDriver.Join", Method::NetJoin),
         ("/NetworkDriver.Leave", Method::NetLeave),
@@ -524,6 +544,15 @@ impl Method {
     pub fn is_ipam(self) -> bool {
         self.path().starts_with("/IpamDriver.")
     }
+}
+
+/// Go encodes a nil map or slice as `null`: read it as empty.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Decodes a request body. Docker sends `null` or nothing for methods without arguments,
@@ -569,6 +598,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.options[REQUEST_ADDRESS_TYPE], GATEWAY_TYPE);
+        // Go's nil maps arrive as null.
+        let r: RequestAddressRequest =
+            decode(br#"{"PoolID":"p","Address":"","Options":null}"#).unwrap();
+        assert!(r.options.is_empty());
+        let r: CreateNetworkRequest =
+            decode(br#"{"NetworkID":"n","Options":null,"IPv4Data":null,"IPv6Data":null}"#).unwrap();
+        assert!(r.ipv4_data.is_empty());
         assert_eq!(
             serde_json::to_value(IpamCapabilities::default()).unwrap(),
             json!({"RequiresMACAddress": false, "RequiresRequestReplay": false})
@@ -586,8 +622,7 @@ mod tests {
 
     #[test]
     fn volume_wire_names() {
-        let r: CreateVolumeRequest =
-            decode(br#"{"Name":"app","Opts":{"secret":"db"}}"#).unwrap();
+        let r: CreateVolumeRequest = decode(br#"{"Name":"app","Opts":{"secret":"db"}}"#).unwrap();
         assert_eq!(r.opts.unwrap()["secret"], "db");
         let r: CreateVolumeRequest = decode(br#"{"Name":"app","Opts":null}"#).unwrap();
         assert!(r.opts.is_none());

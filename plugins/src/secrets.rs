@@ -73,8 +73,7 @@ pub fn validate_name(kind: Kind, name: &str) -> Result<(), SecretError> {
         && b.len() <= 64
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
@@ -259,7 +258,12 @@ impl ClusterKey {
 // Registry I/O
 // ---------------------------------------------------------------------------
 
-async fn create_raw(client: &Client, kind: Kind, name: &str, value: &str) -> Result<(), SecretError> {
+async fn create_raw(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    value: &str,
+) -> Result<(), SecretError> {
     let opts = SetOptions {
         prev_exist: Some(false),
         ..Default::default()
@@ -364,7 +368,10 @@ pub async fn list(client: &Client, kind: Kind) -> Result<Vec<String>, SecretErro
 /// Removes a secret or config.
 pub async fn remove(client: &Client, kind: Kind, name: &str) -> Result<(), SecretError> {
     validate_name(kind, name)?;
-    match client.delete(&kind.key(name), DeleteOptions::default()).await {
+    match client
+        .delete(&kind.key(name), DeleteOptions::default())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if e.is_key_not_found() => Err(SecretError::Missing {
             kind: kind.as_str(),
@@ -382,7 +389,12 @@ pub async fn remove(client: &Client, kind: Kind, name: &str) -> Result<(), Secre
 #[derive(clap::Args, Debug, Clone)]
 pub struct SecretArgs {
     /// Registry client URLs, comma-separated.
-    #[arg(long, global = true, env = "BERTH_ENDPOINTS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub endpoints: String,
     /// The cluster key (32 random bytes, base64). `create` makes it (mode 0600) if missing;
     /// copy it to every host that runs `berth plugin`.
@@ -396,7 +408,12 @@ pub struct SecretArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfigArgs {
     /// Registry client URLs, comma-separated.
-    #[arg(long, global = true, env = "BERTH_ENDPOINTS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub endpoints: String,
     #[command(subcommand)]
     pub command: ObjectCommand,
@@ -569,7 +586,9 @@ mod tests {
             other.open("db", &sealed),
             Err(SecretError::Decrypt { .. })
         ));
-        let mut raw = B64.decode(sealed.strip_prefix(SEALED_PREFIX).unwrap()).unwrap();
+        let mut raw = B64
+            .decode(sealed.strip_prefix(SEALED_PREFIX).unwrap())
+            .unwrap();
         let last = raw.len() - 1;
         raw[last] ^= 1;
         let tampered = format!("{SEALED_PREFIX}{}", B64.encode(raw));

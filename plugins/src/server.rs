@@ -242,7 +242,9 @@ async fn respond(plugin: Arc<Plugin>, req: Request<Incoming>) -> Response<Full<B
     let answer = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(body) => plugin.handle(&method, &path, &body.to_bytes()).await,
         Err(e) => {
-            let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let too_large = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
             Answer::err(
                 if too_large {
                     StatusCode::PAYLOAD_TOO_LARGE

@@ -28,9 +28,8 @@ use tokio::sync::Mutex;
 
 use crate::error::{SecretError, VolumeError};
 use crate::protocol::{
-    CreateVolumeRequest, GetVolumeResponse, ListVolumesResponse, MountRequest,
-    MountpointResponse, VolumeCapabilities, VolumeCapabilitiesResponse, VolumeInfo,
-    VolumeNameRequest,
+    CreateVolumeRequest, GetVolumeResponse, ListVolumesResponse, MountRequest, MountpointResponse,
+    VolumeCapabilities, VolumeCapabilitiesResponse, VolumeInfo, VolumeNameRequest,
 };
 use crate::secrets::{self, ClusterKey, Kind};
 
@@ -65,8 +64,7 @@ pub fn validate_volume_name(name: &str) -> Result<(), VolumeError> {
     let b = name.as_bytes();
     let ok = b.len() <= 128
         && b[0].is_ascii_alphanumeric()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
     if ok {
         Ok(())
@@ -82,8 +80,7 @@ fn validate_target(target: &str) -> Result<(), String> {
         && target.len() <= 1024
         && !target.contains('\0')
         && p.components().all(|c| matches!(c, Component::Normal(_)))
-        && p.components()
-            .all(|c| c.as_os_str().len() <= 255);
+        && p.components().all(|c| c.as_os_str().len() <= 255);
     if ok {
         Ok(())
     } else {
@@ -125,7 +122,11 @@ pub fn parse_file(kind: Kind, spec: &str) -> Result<FileSpec, VolumeError> {
                 let m = u32::from_str_radix(v, 8)
                     .ok()
                     .filter(|m| *m <= 0o777)
-                    .ok_or_else(|| opt(format!("mode={v:?}: expected octal permissions such as 0400")))?;
+                    .ok_or_else(|| {
+                        opt(format!(
+                            "mode={v:?}: expected octal permissions such as 0400"
+                        ))
+                    })?;
                 file.mode = m;
             }
             "uid" => file.uid = num(v)?,
@@ -166,7 +167,9 @@ pub fn parse_opts(opts: &BTreeMap<String, String>) -> Result<VolumeSpec, VolumeE
     for f in &files {
         // One path cannot be a file and a directory, or two files.
         let t = Path::new(&f.target);
-        let clash = seen.iter().any(|s: &PathBuf| s.starts_with(t) || t.starts_with(s));
+        let clash = seen
+            .iter()
+            .any(|s: &PathBuf| s.starts_with(t) || t.starts_with(s));
         if clash {
             return Err(VolumeError::Option(format!(
                 "target {:?} is used twice (or as a file and a directory)",
@@ -224,12 +227,14 @@ impl Volumes {
         validate_volume_name(name)?;
         let key = self.key(name);
         match self.client.get(&key, GetOptions::default()).await {
-            Ok(r) => serde_json::from_str(r.node.value.as_deref().unwrap_or_default()).map_err(
-                |e| VolumeError::Corrupt {
-                    key,
-                    detail: e.to_string(),
-                },
-            ),
+            Ok(r) => {
+                serde_json::from_str(r.node.value.as_deref().unwrap_or_default()).map_err(|e| {
+                    VolumeError::Corrupt {
+                        key,
+                        detail: e.to_string(),
+                    }
+                })
+            }
             Err(e) if e.is_key_not_found() => Err(VolumeError::Unknown(name.to_string())),
             Err(e) => Err(e.into()),
         }
@@ -488,7 +493,10 @@ fn sys_umount(target: &Path, flags: libc::c_int) -> std::io::Result<()> {
 /// Whether `path` is a mount point (its device differs from its parent's).
 fn is_mountpoint(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(path), path.parent().map(std::fs::metadata)) {
+    match (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) {
         (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
         _ => false,
     }
@@ -496,7 +504,12 @@ fn is_mountpoint(path: &Path) -> bool {
 
 /// Mounts the tmpfs at `path` and writes the files, then makes it read-only. On failure
 /// nothing is left behind.
-fn build(root: &Path, path: &Path, spec: &VolumeSpec, contents: &[Vec<u8>]) -> Result<(), VolumeError> {
+fn build(
+    root: &Path,
+    path: &Path,
+    spec: &VolumeSpec,
+    contents: &[Vec<u8>],
+) -> Result<(), VolumeError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -517,7 +530,10 @@ fn build(root: &Path, path: &Path, spec: &VolumeSpec, contents: &[Vec<u8>]) -> R
     let data = format!("mode=0755,uid=0,gid=0,size={size}");
     if let Err(e) = sys_mount(path, flags, &data) {
         let _ = std::fs::remove_dir(path);
-        return Err(io(format!("mounting a tmpfs on {} (needs root)", path.display()))(e));
+        return Err(io(format!(
+            "mounting a tmpfs on {} (needs root)",
+            path.display()
+        ))(e));
     }
     let fill = || -> Result<(), VolumeError> {
         for (f, data) in spec.files.iter().zip(contents) {
@@ -602,8 +618,11 @@ mod tests {
                 gid: 0
             }
         );
-        let f = parse_file(Kind::Config, "app.conf,target=etc/app.conf,mode=0640,uid=1000,gid=50")
-            .unwrap();
+        let f = parse_file(
+            Kind::Config,
+            "app.conf,target=etc/app.conf,mode=0640,uid=1000,gid=50",
+        )
+        .unwrap();
         assert_eq!(
             (f.target.as_str(), f.mode, f.uid, f.gid),
             ("etc/app.conf", 0o640, 1000, 50)
@@ -638,7 +657,9 @@ mod tests {
         );
         assert_eq!(s.files[2].mode, 0o400);
         assert!(parse_opts(&opts(&[])).is_err());
-        let e = parse_opts(&opts(&[("size", "1m")])).unwrap_err().to_string();
+        let e = parse_opts(&opts(&[("size", "1m")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"size\" is unknown"), "{e}");
         // Two files at one path, or a file used as a directory.
         assert!(parse_opts(&opts(&[("secret", "a;b,target=a")])).is_err());
