@@ -89,7 +89,7 @@ pub enum SecretError {
     Registry(#[from] ClientError),
     #[error("invalid {kind} name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")]
     Name { kind: &'static str, name: String },
-    #[error("{kind} {name} is {size} bytes; the limit is {max} bytes (500 KiB)")]
+    #[error("{kind} {name} is too large: more than the limit of {max} bytes (500 KiB)")]
     TooLarge {
         kind: &'static str,
         name: String,

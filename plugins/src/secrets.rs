@@ -560,7 +560,11 @@ mod tests {
         check_size(Kind::Secret, "s", 1).unwrap();
         check_size(Kind::Secret, "s", MAX_SIZE).unwrap();
         let e = check_size(Kind::Secret, "s", MAX_SIZE + 1).unwrap_err();
-        assert!(e.to_string().contains("limit is 512000 bytes"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("more than the limit of 512000 bytes"),
+            "{e}"
+        );
         assert!(matches!(
             check_size(Kind::Config, "c", 0),
             Err(SecretError::Empty { .. })

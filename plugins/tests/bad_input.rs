@@ -212,7 +212,7 @@ fn secret_and_volume_bad_input_changes_nothing() {
             .unwrap_err();
     assert!(
         e.to_string()
-            .contains("is 512001 bytes; the limit is 512000"),
+            .contains("secret big is too large: more than the limit of 512000 bytes"),
         "{e}"
     );
     assert!(h.raw("/_berth/secrets/big").is_none());
