@@ -50,6 +50,13 @@ enum Command {
     Proxy(proxy::Args),
     /// Blue-green deploy of a service's containers: start the next color, flip, drain, stop the old.
     Deploy(proxy::deploy::Args),
+    /// Serve the Docker plugin (IPAM, secrets and configs volumes; network driver to come)
+    /// on /run/docker/plugins/berth.sock.
+    Plugin(plugins::Args),
+    /// Manage secrets (encrypted in the registry) for berth volumes: create, ls, rm.
+    Secret(plugins::SecretArgs),
+    /// Manage configs (plain files in the registry) for berth volumes: create, ls, rm.
+    Config(plugins::ConfigArgs),
 }
 
 #[derive(Args)]
@@ -305,6 +312,17 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Deploy(args) => {
             proxy::deploy::run(args, proxy::deploy::stdout_printer()).await?;
         }
+        Command::Plugin(args) => {
+            let config = args.config()?;
+            let listener = plugins::bind(&args.socket)?;
+            plugins::run(config, listener, shutdown_on_signal()).await?;
+        }
+        Command::Secret(args) => {
+            plugins::run_secret(args, &mut std::io::stdout()).await?;
+        }
+        Command::Config(args) => {
+            plugins::run_config(args, &mut std::io::stdout()).await?;
+        }
         Command::Announce(args) => {
             registrator::announce::run(args.config()?, shutdown_on_signal()).await?;
         }
@@ -323,7 +341,10 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Ctl(_) | Command::Deploy(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Ctl(_) | Command::Deploy(_) | Command::Secret(_) | Command::Config(_)
+    );
     let filter = if quiet {
         "warn".to_string()
     } else if cli.log.contains("hickory") {

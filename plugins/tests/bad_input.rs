@@ -1,0 +1,414 @@
+//! Malformed and refused requests: each answers an error with a clear reason and leaves
+//! the registry unchanged.
+
+mod support;
+
+use plugins::secrets::{self, ClusterKey, Kind, MAX_SIZE};
+use serde_json::json;
+use support::Harness;
+
+fn start() -> (Harness, std::path::PathBuf) {
+    let mut h = Harness::start();
+    let socket = h.dir.path().join("p.sock");
+    let args = h.args(&socket);
+    h.plugin(&args);
+    (h, socket)
+}
+
+#[test]
+fn handshake_unknown_endpoints_and_methods() {
+    let (h, s) = start();
+    assert_eq!(
+        h.call(&s, "/Plugin.Activate", ""),
+        (
+            200,
+            json!({"Implements": ["NetworkDriver", "IpamDriver", "VolumeDriver"]})
+        )
+    );
+    let (st, body) = h.call(&s, "/NetworkDriver.Frobnicate", "{}");
+    assert_eq!(st, 404);
+    assert!(body["Err"]
+        .as_str()
+        .unwrap()
+        .contains("unknown plugin endpoint /NetworkDriver.Frobnicate"));
+    let (st, body) =
+        h.rt.block_on(support::call(&s, "GET", "/Plugin.Activate", String::new()));
+    assert_eq!(st, 405, "{body}");
+    assert_eq!(
+        h.call(&s, "/NetworkDriver.GetCapabilities", "null"),
+        (200, json!({"Scope": "local", "ConnectivityScope": "local"}))
+    );
+    assert_eq!(
+        h.call(&s, "/IpamDriver.GetCapabilities", ""),
+        (
+            200,
+            json!({"RequiresMACAddress": false, "RequiresRequestReplay": false})
+        )
+    );
+    assert_eq!(
+        h.call(&s, "/IpamDriver.GetDefaultAddressSpaces", ""),
+        (
+            200,
+            json!({"LocalDefaultAddressSpace": "berth", "GlobalDefaultAddressSpace": "berth"})
+        )
+    );
+    assert_eq!(
+        h.call(&s, "/VolumeDriver.Capabilities", ""),
+        (200, json!({"Capabilities": {"Scope": "local"}}))
+    );
+    assert_eq!(
+        h.call(&s, "/VolumeDriver.List", ""),
+        (200, json!({"Volumes": []}))
+    );
+}
+
+#[test]
+fn network_endpoints_not_built_yet_say_so() {
+    let (h, s) = start();
+    for (path, body) in [
+        (
+            "/NetworkDriver.CreateNetwork",
+            r#"{"NetworkID":"n1","Options":{},"IPv4Data":[],"IPv6Data":[]}"#,
+        ),
+        (
+            "/NetworkDriver.CreateEndpoint",
+            r#"{"NetworkID":"n1","EndpointID":"e1"}"#,
+        ),
+        (
+            "/NetworkDriver.Join",
+            r#"{"NetworkID":"n1","EndpointID":"e1","SandboxKey":"/x"}"#,
+        ),
+        (
+            "/NetworkDriver.Leave",
+            r#"{"NetworkID":"unknown","EndpointID":"unknown"}"#,
+        ),
+        ("/NetworkDriver.DeleteNetwork", r#"{"NetworkID":"unknown"}"#),
+    ] {
+        let (st, resp) = h.call(&s, path, body);
+        assert_eq!(st, 500, "{path}");
+        assert!(
+            resp["Err"]
+                .as_str()
+                .unwrap()
+                .contains("not implemented yet"),
+            "{path}: {resp}"
+        );
+    }
+    assert_eq!(
+        h.call(
+            &s,
+            "/NetworkDriver.DiscoverNew",
+            r#"{"DiscoveryType":1,"DiscoveryData":{}}"#
+        ),
+        (200, json!({}))
+    );
+    // Malformed JSON is reported as such even there.
+    let (st, resp) = h.call(&s, "/NetworkDriver.Join", "{\"NetworkID\": 5}");
+    assert_eq!(st, 500);
+    assert!(
+        resp["Err"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed request body"),
+        "{resp}"
+    );
+}
+
+#[test]
+fn ipam_bad_input_changes_nothing() {
+    let (h, s) = start();
+    let (st, _) = h.call(&s, "/IpamDriver.RequestPool", r#"{"Pool":"10.90.0.0/24"}"#);
+    assert_eq!(st, 200);
+    let before = h.raw("/_berth/ipam/pools").unwrap();
+
+    let cases = [
+        (
+            "/IpamDriver.RequestPool",
+            "{\"Pool\": \"10.9",
+            "malformed request body",
+        ),
+        (
+            "/IpamDriver.RequestPool",
+            r#"{"Pool": 5}"#,
+            "malformed request body",
+        ),
+        (
+            "/IpamDriver.RequestPool",
+            r#"{"Pool":"10.90.0.0/16"}"#,
+            "subnet 10.90.0.0/16 overlaps 10.90.0.0/24 (pool 10.90.0.0-24)",
+        ),
+        (
+            "/IpamDriver.RequestPool",
+            r#"{"Pool":"10.90.0.64/26"}"#,
+            "overlaps 10.90.0.0/24",
+        ),
+        (
+            "/IpamDriver.RequestPool",
+            r#"{"Pool":"banana"}"#,
+            "invalid subnet \"banana\"",
+        ),
+        (
+            "/IpamDriver.RequestPool",
+            r#"{"Pool":"fd00::/64","V6":true}"#,
+            "IPv6 pools are not supported",
+        ),
+        (
+            "/IpamDriver.RequestPool",
+            r#"{"AddressSpace":"LocalDefault","Pool":"10.1.0.0/24"}"#,
+            "address space \"LocalDefault\"",
+        ),
+        (
+            "/IpamDriver.RequestAddress",
+            r#"{"PoolID":"10.1.0.0-24"}"#,
+            "unknown pool \"10.1.0.0-24\"",
+        ),
+        ("/IpamDriver.RequestAddress", r#"{}"#, "missing PoolID"),
+        (
+            "/IpamDriver.RequestAddress",
+            r#"{"PoolID":"10.90.0.0-24","Address":"10.91.0.1"}"#,
+            "outside pool",
+        ),
+        (
+            "/IpamDriver.RequestAddress",
+            r#"{"PoolID":"10.90.0.0-24","Address":"10.90.0.255"}"#,
+            "broadcast",
+        ),
+        (
+            "/IpamDriver.ReleaseAddress",
+            r#"{"PoolID":"10.90.0.0-24","Address":"10.90.0.9"}"#,
+            "not allocated",
+        ),
+        (
+            "/IpamDriver.ReleasePool",
+            r#"{"PoolID":"nope"}"#,
+            "unknown pool \"nope\"",
+        ),
+    ];
+    for (path, body, want) in cases {
+        let (st, resp) = h.call(&s, path, body);
+        assert_eq!(st, 500, "{path} {body}: {resp}");
+        let err = resp["Err"].as_str().unwrap();
+        assert!(err.contains(want), "{path} {body}: {err:?} lacks {want:?}");
+        assert_eq!(resp["Error"], resp["Err"], "IPAM errors carry Error too");
+    }
+    assert_eq!(
+        h.raw("/_berth/ipam/pools").unwrap(),
+        before,
+        "pool table changed"
+    );
+    assert!(h.children("/_berth/ipam/addrs/10.90.0.0-24").is_empty());
+    assert!(h.children("/_berth/ipam/addrs").is_empty());
+}
+
+#[test]
+fn secret_and_volume_bad_input_changes_nothing() {
+    let (h, s) = start();
+    let c = &h.client;
+    let (key, _) = ClusterKey::load_or_create(&h.key_file()).unwrap();
+    // Oversized: refused before anything is written.
+    let big = vec![b'x'; MAX_SIZE + 1];
+    let e =
+        h.rt.block_on(secrets::create_secret(c, &key, "big", &big))
+            .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("secret big is too large: more than the limit of 512000 bytes"),
+        "{e}"
+    );
+    assert!(h.raw("/_berth/secrets/big").is_none());
+    // Exactly the limit is fine.
+    h.rt.block_on(secrets::create_secret(c, &key, "max", &big[..MAX_SIZE]))
+        .unwrap();
+    // Immutable.
+    let before = h.raw("/_berth/secrets/max").unwrap();
+    let e =
+        h.rt.block_on(secrets::create_secret(c, &key, "max", b"other"))
+            .unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert_eq!(h.raw("/_berth/secrets/max").unwrap(), before);
+    // Bad names.
+    let e =
+        h.rt.block_on(secrets::create_secret(c, &key, "../etc", b"x"))
+            .unwrap_err();
+    assert!(e.to_string().starts_with("invalid secret name"), "{e}");
+    let e =
+        h.rt.block_on(secrets::create_config(c, "bin", b"\xff\xfe"))
+            .unwrap_err();
+    assert!(e.to_string().contains("not UTF-8"), "{e}");
+    assert_eq!(
+        h.rt.block_on(secrets::list(c, Kind::Config)).unwrap(),
+        Vec::<String>::new()
+    );
+
+    // Volumes: missing secret, bad options, malformed JSON, unknown volume.
+    let cases = [
+        (
+            "/VolumeDriver.Create",
+            r#"{"Name":"v","Opts":{"secret":"missing"}}"#,
+            "secret missing does not exist",
+        ),
+        (
+            "/VolumeDriver.Create",
+            r#"{"Name":"v","Opts":{"secret":"max,target=../x"}}"#,
+            "without `..`",
+        ),
+        (
+            "/VolumeDriver.Create",
+            r#"{"Name":"v","Opts":{"size":"1m"}}"#,
+            "\"size\" is unknown",
+        ),
+        (
+            "/VolumeDriver.Create",
+            r#"{"Name":"v","Opts":null}"#,
+            "at least one secret=NAME",
+        ),
+        (
+            "/VolumeDriver.Create",
+            r#"{"Name":"a/b","Opts":{"secret":"max"}}"#,
+            "invalid volume name",
+        ),
+        (
+            "/VolumeDriver.Create",
+            r#"{"Opts":{"secret":"max"}}"#,
+            "missing volume Name",
+        ),
+        (
+            "/VolumeDriver.Create",
+            "{\"Name\":",
+            "malformed request body",
+        ),
+        (
+            "/VolumeDriver.Mount",
+            r#"{"Name":"ghost","ID":"c1"}"#,
+            "volume ghost does not exist",
+        ),
+        (
+            "/VolumeDriver.Get",
+            r#"{"Name":"ghost"}"#,
+            "volume ghost does not exist",
+        ),
+        (
+            "/VolumeDriver.Remove",
+            r#"{"Name":"ghost"}"#,
+            "volume ghost does not exist",
+        ),
+    ];
+    for (path, body, want) in cases {
+        let (st, resp) = h.call(&s, path, body);
+        assert_eq!(st, 500, "{path} {body}: {resp}");
+        let err = resp["Err"].as_str().unwrap();
+        assert!(err.contains(want), "{path} {body}: {err:?} lacks {want:?}");
+        assert!(resp.get("Error").is_none());
+    }
+    assert!(h.children("/_berth/volumes/test-node").is_empty());
+
+    // A secret removed after the volume was created: Mount fails, nothing is mounted.
+    h.rt.block_on(secrets::create_secret(c, &key, "gone", b"x"))
+        .unwrap();
+    let (st, resp) = h.call(
+        &s,
+        "/VolumeDriver.Create",
+        r#"{"Name":"v","Opts":{"secret":"gone"}}"#,
+    );
+    assert_eq!((st, resp), (200, json!({})));
+    h.rt.block_on(secrets::remove(c, Kind::Secret, "gone"))
+        .unwrap();
+    let (st, resp) = h.call(&s, "/VolumeDriver.Mount", r#"{"Name":"v","ID":"c1"}"#);
+    assert_eq!(st, 500);
+    assert!(
+        resp["Err"]
+            .as_str()
+            .unwrap()
+            .contains("secret gone does not exist"),
+        "{resp}"
+    );
+    assert!(!h.dir.path().join("volumes/v").exists());
+    assert_eq!(
+        h.call(&s, "/VolumeDriver.Path", r#"{"Name":"v"}"#),
+        (200, json!({"Mountpoint": ""}))
+    );
+    // Same options again: accepted; other options: refused.
+    assert_eq!(
+        h.call(
+            &s,
+            "/VolumeDriver.Create",
+            r#"{"Name":"v","Opts":{"secret":"max"}}"#
+        )
+        .0,
+        500
+    );
+    let (_, resp) = h.call(&s, "/VolumeDriver.Remove", r#"{"Name":"v"}"#);
+    assert_eq!(resp, json!({}));
+}
+
+#[test]
+fn mount_unmount_shares_one_tmpfs_and_wipes_it() {
+    // Needs root for mount(2); the suite runs as root in CI.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(!support::in_ci(), "mount tests need root in CI");
+        eprintln!("skipping: not root");
+        return;
+    }
+    let (h, s) = start();
+    let (key, _) = ClusterKey::load_or_create(&h.key_file()).unwrap();
+    h.rt.block_on(secrets::create_secret(&h.client, &key, "pw", b"hunter2"))
+        .unwrap();
+    let (st, _) = h.call(
+        &s,
+        "/VolumeDriver.Create",
+        r#"{"Name":"v","Opts":{"secret":"pw,mode=0400,uid=7"}}"#,
+    );
+    assert_eq!(st, 200);
+    let mp = h.dir.path().join("volumes/v");
+    let want = json!({"Mountpoint": mp.display().to_string()});
+    assert_eq!(
+        h.call(&s, "/VolumeDriver.Mount", r#"{"Name":"v","ID":"c1"}"#),
+        (200, want.clone())
+    );
+    assert_eq!(
+        h.call(&s, "/VolumeDriver.Mount", r#"{"Name":"v","ID":"c2"}"#),
+        (200, want.clone())
+    );
+    assert_eq!(
+        h.call(&s, "/VolumeDriver.Path", r#"{"Name":"v"}"#),
+        (200, want)
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(mp.join("pw")).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid(), meta.gid()), (0o400, 7, 0));
+    assert_eq!(std::fs::read(mp.join("pw")).unwrap(), b"hunter2");
+    assert!(
+        std::fs::write(mp.join("new"), b"x").is_err(),
+        "the tmpfs is read-only"
+    );
+    let (st, resp) = h.call(&s, "/VolumeDriver.Remove", r#"{"Name":"v"}"#);
+    assert_eq!(st, 500);
+    assert!(
+        resp["Err"].as_str().unwrap().contains("is mounted"),
+        "{resp}"
+    );
+    let (_, got) = h.call(&s, "/VolumeDriver.Get", r#"{"Name":"v"}"#);
+    assert_eq!(
+        got["Volume"]["Status"]["files"],
+        json!(["secret:pw -> pw (0400 7:0)"])
+    );
+    assert_eq!(
+        h.call(&s, "/VolumeDriver.Unmount", r#"{"Name":"v","ID":"c1"}"#)
+            .0,
+        200
+    );
+    assert!(mp.join("pw").exists(), "still mounted for c2");
+    assert_eq!(
+        h.call(&s, "/VolumeDriver.Unmount", r#"{"Name":"v","ID":"c2"}"#)
+            .0,
+        200
+    );
+    assert!(!mp.exists(), "mount point left behind");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&mp.display().to_string()));
+    assert_eq!(
+        h.call(&s, "/VolumeDriver.Remove", r#"{"Name":"v"}"#),
+        (200, json!({}))
+    );
+    assert!(h.children("/_berth/volumes/test-node").is_empty());
+}
