@@ -34,7 +34,8 @@ struct Cli {
 enum Command {
     /// Run the whole stack on this host with defaults: a single-member registry on
     /// 127.0.0.1:2379 with its data in ./berth-data, DNS on 127.0.0.1:8600, the proxy on
-    /// 127.0.0.1:8800 with VIPs in 127.77.0.0/16, and the registrator when Docker is there.
+    /// 127.0.0.1:8800 with VIPs in 127.77.0.0/16, and the registrator and the Docker plugin
+    /// when Docker is there (the plugin needs root).
     Up(UpArgs),
     /// Run a registry member (etcd v2 API; etcd's flag names).
     Registry(RegistryArgs),
@@ -245,8 +246,9 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 &args.client_url,
                 &args.peer_url,
             );
-            let client = socket_addr(&args.client_url)?;
-            let peer = socket_addr(&args.peer_url)?;
+            // Bind the registry first so the other parts find it listening.
+            let client = bind(socket_addr(&args.client_url)?, "clients").await?;
+            let peer = bind(socket_addr(&args.peer_url)?, "peers").await?;
             eprintln!(
                 "berth up: registry (etcd v2 API) on {}, data in {}",
                 args.client_url,
@@ -294,7 +296,34 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                     tracing::error!("proxy: {e}");
                 }
             });
-            run_registry(config, vec![client], peer).await?;
+            if std::path::Path::new(registrator::config::DEFAULT_DOCKER_SOCKET).exists() {
+                let plugin_args = plugins::Args {
+                    endpoints: args.client_url.clone(),
+                    ..plugins::Args::defaults()
+                };
+                let plugin = plugin_args
+                    .config()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|c| Ok((c, plugins::bind(&plugin_args.socket)?)));
+                match plugin {
+                    Ok((plugin_config, listener)) => {
+                        eprintln!(
+                            "berth up: Docker plugin on {} (--ipam-driver berth, volume-driver=berth)",
+                            plugin_args.socket.display()
+                        );
+                        tokio::spawn(async move {
+                            if let Err(e) =
+                                plugins::run(plugin_config, listener, CancellationToken::new())
+                                    .await
+                            {
+                                tracing::error!("plugin: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => eprintln!("berth up: no Docker plugin ({e:#}); it needs root"),
+                }
+            }
+            registry::run(config, vec![client], peer, shutdown_on_signal()).await?;
         }
         Command::Registrator(args) => {
             registrator::run(args.config()?, shutdown_on_signal()).await?;
