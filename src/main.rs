@@ -286,7 +286,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 ..proxy::Args::defaults()
             };
             let proxy_config = proxy_args.config()?;
-            let bound = proxy::bind(proxy_args.http_listen, proxy_args.admin_listen).await?;
+            let bound = proxy::bind(&proxy_args).await?;
             eprintln!(
                 "berth up: proxy on http://{} (routes from the instances' http field; TCP on VIP:port)",
                 proxy_args.http_listen
@@ -335,7 +335,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Proxy(args) => {
             let config = args.config()?;
-            let bound = proxy::bind(args.http_listen, args.admin_listen).await?;
+            let bound = proxy::bind(&args).await?;
             proxy::run(config, bound, shutdown_on_signal()).await?;
         }
         Command::Deploy(args) => {

@@ -1094,3 +1094,61 @@ fn docker_free_cmd(cmd: &str, args: &[&str]) -> String {
     let o = Command::new(cmd).args(args).output().expect(cmd);
     String::from_utf8_lossy(&o.stdout).to_string()
 }
+
+#[test]
+fn tls_with_http2_and_http1_by_alpn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let o = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=tls.test"])
+        .args(["-addext", "subjectAltName=DNS:tls.test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tls_port = free_port();
+    let st = Stack::start(&[
+        "--tls-listen",
+        &format!("127.0.0.1:{tls_port}"),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let e = Echo::start("secure");
+    st.register("sec", "a", &inst(e.addr, r#""http":{"domain":"tls.test"}"#), 0);
+    st.wait_backends("tls.test", &[e.addr]);
+    let curl = |version: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", version, "--cacert", cert.to_str().unwrap()])
+            .args(["--resolve", &format!("tls.test:{tls_port}:127.0.0.1")])
+            .args(["-w", "%{http_version}"])
+            .arg(format!("https://tls.test:{tls_port}/headers"))
+            .output()
+            .expect("curl");
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (body, err) = curl("--http2");
+    assert!(body.ends_with('2'), "not HTTP/2: {body} {err}");
+    assert!(body.contains("x-forwarded-proto: https"), "{body}");
+    assert!(body.contains("x-forwarded-host: tls.test"), "{body}");
+    let (body, err) = curl("--http1.1");
+    assert!(body.ends_with("1.1"), "not HTTP/1.1: {body} {err}");
+    // Plain HTTP still says http.
+    assert!(st.get("tls.test", "/headers").body.contains("x-forwarded-proto: http\n"));
+    // A certificate that is not there is a clear start-up error.
+    let out = Command::new(BERTH)
+        .args(["proxy", "--http-listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
+        .args(["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.pem"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-cert /nonexistent.pem"), "{err}");
+}

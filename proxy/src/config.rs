@@ -18,6 +18,15 @@ pub struct Args {
     /// Address for HTTP/1.1 and h2c clients.
     #[arg(long, env = "BERTH_HTTP_LISTEN", default_value = "127.0.0.1:8800")]
     pub http_listen: SocketAddr,
+    /// Address for HTTPS clients (HTTP/1.1 and HTTP/2 by ALPN); needs --tls-cert and --tls-key.
+    #[arg(long, env = "BERTH_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM file with the certificate chain served on --tls-listen.
+    #[arg(long, env = "BERTH_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM file with the private key of --tls-cert.
+    #[arg(long, env = "BERTH_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Address for /metrics (Prometheus), /routes (the routing table as JSON) and /health;
     /// none by default.
     #[arg(long, env = "BERTH_ADMIN_LISTEN")]
@@ -79,6 +88,9 @@ impl Args {
         Args {
             endpoints: "http://127.0.0.1:2379".into(),
             http_listen: "127.0.0.1:8800".parse().expect("literal"),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
             admin_listen: None,
             vip_range: "127.77.0.0/16".into(),
             vip_interface: "berth0".into(),
@@ -127,11 +139,21 @@ impl Args {
                 return Err(ConfigError::HealthPath(p.clone()));
             }
         }
+        let tls = match (&self.tls_listen, &self.tls_cert, &self.tls_key) {
+            (None, _, _) => None,
+            (Some(_), Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            (Some(_), _, _) => {
+                return Err(ConfigError::Tls(
+                    "--tls-listen needs --tls-cert and --tls-key".into(),
+                ))
+            }
+        };
         let name = self.vip_interface.trim();
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
             return Err(ConfigError::Interface(self.vip_interface.clone()));
         }
         Ok(Config {
+            tls,
             endpoints,
             vip_range,
             vip_interface: name.to_string(),
@@ -155,6 +177,8 @@ impl Args {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub endpoints: Vec<String>,
+    /// The HTTPS listener's rustls configuration, when --tls-listen is given.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>,
     pub vip_range: Ipv4Net,
     pub vip_interface: String,
     pub vip_listeners: bool,
@@ -205,6 +229,12 @@ mod tests {
         let mut a = Args::defaults();
         a.health_path = Some("health".into());
         assert!(matches!(a.config(), Err(ConfigError::HealthPath(_))));
+        let mut a = Args::defaults();
+        a.tls_listen = Some("127.0.0.1:8443".parse().unwrap());
+        a.tls_cert = Some("/nonexistent/cert.pem".into());
+        a.tls_key = Some("/nonexistent/key.pem".into());
+        let e = a.config().unwrap_err().to_string();
+        assert!(e.contains("--tls-cert /nonexistent/cert.pem"), "{e}");
         let mut a = Args::defaults();
         a.endpoints = "ftp://x".into();
         assert!(matches!(a.config(), Err(ConfigError::Endpoints(_))));

@@ -13,6 +13,8 @@ pub enum ConfigError {
     Zero { flag: &'static str },
     #[error("--vip-interface {0:?} is not an interface name (1-15 characters, no '/' or space)")]
     Interface(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("--health-path {0:?} must start with /")]
     HealthPath(String),
 }

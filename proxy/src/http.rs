@@ -112,11 +112,12 @@ fn bodiless(h: &HeaderMap) -> bool {
             .is_none_or(|v| v.as_bytes() == b"0")
 }
 
-/// Handles one request from `peer`.
+/// Handles one request from `peer` (over TLS when `https`).
 pub async fn handle(
     state: Arc<State>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    https: bool,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let config = &state.config;
@@ -218,7 +219,10 @@ pub async fn handle(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
     if let Ok(v) = HeaderValue::from_str(&host) {
         headers.insert("x-forwarded-host", v);
     }

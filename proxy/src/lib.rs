@@ -16,6 +16,7 @@
 //! | [`balance`] | pure: round-robin / least-connections, passive health (ejection) |
 //! | [`metrics`] | counters and the Prometheus text |
 //! | [`http`] | the L7 request path: forward, retry, upgrade, error replies (I/O) |
+//! | [`tls`] | the HTTPS listener (rustls, ALPN h2/http1.1) |
 //! | [`l4`] | VIP listeners and TCP splicing (I/O) |
 //! | [`vipnet`] | VIP addresses on the dummy interface `berth0`, by netlink (I/O) |
 //! | [`server`] | [`run`]: catalog -> table loop, health checks, admin endpoints |
@@ -31,6 +32,7 @@ pub mod l4;
 pub mod metrics;
 pub mod server;
 pub mod table;
+pub mod tls;
 pub mod vipnet;
 
 pub use balance::Policy;

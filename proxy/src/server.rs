@@ -71,22 +71,27 @@ impl State {
     }
 }
 
-/// The proxy's bound listeners: HTTP, and optionally the admin endpoints.
+/// The proxy's bound listeners: HTTP, and optionally HTTPS and the admin endpoints.
 pub struct Bound {
     pub http: TcpListener,
+    pub tls: Option<TcpListener>,
     pub admin: Option<TcpListener>,
 }
 
-/// Binds the listeners of `config`'s flags (`--http-listen`, `--admin-listen`).
-pub async fn bind(http: SocketAddr, admin: Option<SocketAddr>) -> Result<Bound, Error> {
-    let b = |addr| async move {
+/// Binds the listeners of the flags `--http-listen`, `--tls-listen` and `--admin-listen`.
+pub async fn bind(args: &crate::Args) -> Result<Bound, Error> {
+    async fn b(addr: SocketAddr) -> Result<TcpListener, Error> {
         TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Bind { addr, source })
-    };
+    }
     Ok(Bound {
-        http: b(http).await?,
-        admin: match admin {
+        http: b(args.http_listen).await?,
+        tls: match args.tls_listen {
+            Some(a) => Some(b(a).await?),
+            None => None,
+        },
+        admin: match args.admin_listen {
             Some(a) => Some(b(a).await?),
             None => None,
         },
@@ -131,9 +136,18 @@ pub async fn run(
             ServeOptions::default(),
         ));
     }
+    if let (Some(listener), Some(tls)) = (listeners.tls, state.config.tls.clone()) {
+        tokio::spawn(crate::tls::serve(
+            listener,
+            tls,
+            state.clone(),
+            shutdown.child_token(),
+        ));
+    }
     let st = state.clone();
-    let handler =
-        move |req: Request<Incoming>, peer: SocketAddr| crate::http::handle(st.clone(), req, peer);
+    let handler = move |req: Request<Incoming>, peer: SocketAddr| {
+        crate::http::handle(st.clone(), req, peer, false)
+    };
     let options = ServeOptions {
         header_read_timeout: Some(state.config.header_timeout),
         grace: state.config.drain,
