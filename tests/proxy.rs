@@ -28,8 +28,13 @@ struct Echo {
 
 impl Echo {
     fn start(name: &str) -> Echo {
+        Echo::start_with(name, &[])
+    }
+
+    fn start_with(name: &str, extra: &[&str]) -> Echo {
         let mut child = Command::new(ECHO)
             .args(["--name", name, "--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -432,6 +437,67 @@ fn connect_failures_are_retried_on_another_instance_and_ejected() {
         r.body.contains("cannot connect to") || r.body.contains("failed"),
         "{}",
         r.body
+    );
+}
+
+#[test]
+fn active_health_checks_eject_and_readmit() {
+    let st = Stack::start(&[
+        "--health-path",
+        "/health",
+        "--health-interval-ms",
+        "200",
+        "--eject-ms",
+        "100",
+    ]);
+    let good = Echo::start("good");
+    let mut sick = Echo::start_with("sick", &["--health-status", "503"]);
+    st.register(
+        "hc",
+        "good",
+        &inst(good.addr, r#""http":{"domain":"hc.test"}"#),
+        0,
+    );
+    st.register(
+        "hc",
+        "sick",
+        &inst(sick.addr, r#""http":{"domain":"hc.test"}"#),
+        0,
+    );
+    st.wait_backends("hc.test", &[good.addr, sick.addr]);
+    let ejected = eventually(Duration::from_secs(5), || {
+        let r = st.routes();
+        let b = r["http"][0]["backends"].as_array()?.clone();
+        b.iter()
+            .any(|x| x["id"] == "sick" && x["ejected"] == true)
+            .then_some(())
+    });
+    assert!(
+        ejected.is_some(),
+        "failing check did not eject: {:#}",
+        st.routes()
+    );
+    for _ in 0..10 {
+        assert_eq!(st.get("hc.test", "/").body, "good\n");
+    }
+    // The same instance, healthy again, is re-admitted by the next passing check.
+    let addr = sick.addr;
+    sick.kill9();
+    let _healed = Command::new(ECHO)
+        .args(["--name", "healed", "--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .map(|c| Echo { child: c, addr })
+        .expect("restart on the same port");
+    let back = eventually(Duration::from_secs(10), || {
+        (0..4)
+            .any(|_| st.get("hc.test", "/").body == "healed\n")
+            .then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "healthy instance never re-admitted: {:#}",
+        st.routes()
     );
 }
 
@@ -1100,7 +1166,17 @@ fn tls_with_http2_and_http1_by_alpn() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let o = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=tls.test"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tls.test",
+        ])
         .args(["-addext", "subjectAltName=DNS:tls.test"])
         .arg("-keyout")
         .arg(&key)
@@ -1119,7 +1195,12 @@ fn tls_with_http2_and_http1_by_alpn() {
         key.to_str().unwrap(),
     ]);
     let e = Echo::start("secure");
-    st.register("sec", "a", &inst(e.addr, r#""http":{"domain":"tls.test"}"#), 0);
+    st.register(
+        "sec",
+        "a",
+        &inst(e.addr, r#""http":{"domain":"tls.test"}"#),
+        0,
+    );
     st.wait_backends("tls.test", &[e.addr]);
     let curl = |version: &str| {
         let out = Command::new("curl")
@@ -1141,11 +1222,25 @@ fn tls_with_http2_and_http1_by_alpn() {
     let (body, err) = curl("--http1.1");
     assert!(body.ends_with("1.1"), "not HTTP/1.1: {body} {err}");
     // Plain HTTP still says http.
-    assert!(st.get("tls.test", "/headers").body.contains("x-forwarded-proto: http\n"));
+    assert!(st
+        .get("tls.test", "/headers")
+        .body
+        .contains("x-forwarded-proto: http\n"));
     // A certificate that is not there is a clear start-up error.
     let out = Command::new(BERTH)
-        .args(["proxy", "--http-listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
-        .args(["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.pem"])
+        .args([
+            "proxy",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--tls-key",
+            "/nonexistent.pem",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

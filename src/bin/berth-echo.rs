@@ -4,6 +4,7 @@
 //! - `GET /...` answers `<name>\n` with `X-Backend: <name>`;
 //! - `/headers` answers the request's headers, one `name: value` per line;
 //! - `/slow?ms=N` waits N ms first; `/status/N` answers status N;
+//! - `/health` answers `--health-status` (default 200);
 //! - a POST answers `<name> <bytes received>\n`;
 //! - `/ws` with `Upgrade: websocket` completes the handshake and echoes every frame.
 //!
@@ -103,8 +104,12 @@ fn text(status: StatusCode, name: &str, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-async fn handle(name: String, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(name: String, health: u16, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    if path == "/health" {
+        let code = StatusCode::from_u16(health).unwrap_or(StatusCode::OK);
+        return text(code, &name, format!("{name} health {health}\n"));
+    }
     if path == "/ws" {
         let key = req
             .headers()
@@ -177,10 +182,17 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Response<Full<Bytes
 async fn main() {
     let mut name = "echo".to_string();
     let mut listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut health: u16 = 200;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--name" => name = args.next().expect("--name NAME"),
+            "--health-status" => {
+                health = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--health-status CODE")
+            }
             "--listen" => {
                 listen = args
                     .next()
@@ -188,7 +200,9 @@ async fn main() {
                     .expect("--listen ADDR:PORT")
             }
             _ => {
-                eprintln!("usage: berth-echo [--name NAME] [--listen ADDR:PORT]");
+                eprintln!(
+                    "usage: berth-echo [--name NAME] [--listen ADDR:PORT] [--health-status CODE]"
+                );
                 std::process::exit(2);
             }
         }
@@ -210,7 +224,7 @@ async fn main() {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let name = name.clone();
-                async move { Ok::<_, Infallible>(handle(name, req).await) }
+                async move { Ok::<_, Infallible>(handle(name, health, req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
