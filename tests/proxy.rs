@@ -804,6 +804,22 @@ fn reconfiguration_under_load_costs_no_request() {
 // L4: VIPs
 // ---------------------------------------------------------------------------------------------
 
+/// A `berth dns` allocating VIPs from `range` for the stack's registry, and its port.
+fn berth_dns(st: &Stack, range: &str) -> (Proc, u16) {
+    let port = free_port();
+    let p = Proc::start(&[
+        "dns".into(),
+        "--endpoints".into(),
+        st.cluster.url(0).into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--vip-range".into(),
+        range.to_string(),
+        "--no-recursion".into(),
+    ]);
+    (p, port)
+}
+
 fn dig_a(port: u16, name: &str) -> Option<String> {
     let out = Command::new(support::require_tool("/usr/bin/dig", "dnsutils"))
         .args([
@@ -828,17 +844,7 @@ fn a_vip_from_dns_accepts_tcp_and_reaches_an_instance() {
     let third = 100 + (std::process::id() % 100) as u8;
     let range = format!("127.77.{third}.0/24");
     let st = Stack::start(&["--vip-range", &range]);
-    let dns_port = free_port();
-    let _dns = Proc::start(&[
-        "dns".into(),
-        "--endpoints".into(),
-        st.cluster.url(0).into(),
-        "--listen".into(),
-        format!("127.0.0.1:{dns_port}"),
-        "--vip-range".into(),
-        range.clone(),
-        "--no-recursion".into(),
-    ]);
+    let (_dns, dns_port) = berth_dns(&st, &range);
     let a = Echo::start("tcp-a");
     let b = Echo::start("tcp-b");
     // Registrator-style ids: the VIP port is the container port at the end of the id.
@@ -1106,17 +1112,7 @@ fn a_vip_outside_loopback_is_put_on_berth0_and_reachable_from_a_container() {
     let third = 100 + (std::process::id() % 100) as u8;
     let range = format!("10.199.{third}.0/24");
     let st = Stack::start(&["--vip-range", &range]);
-    let dns_port = free_port();
-    let _dns = Proc::start(&[
-        "dns".into(),
-        "--endpoints".into(),
-        st.cluster.url(0).into(),
-        "--listen".into(),
-        format!("127.0.0.1:{dns_port}"),
-        "--vip-range".into(),
-        range.clone(),
-        "--no-recursion".into(),
-    ]);
+    let (_dns, dns_port) = berth_dns(&st, &range);
     let e = Echo::start("ctr-a");
     st.register("ctrsvc", "h1:a:9000", &format!("\"{}\"", e.addr), 0);
     let vip = eventually(Duration::from_secs(10), || dig_a(dns_port, "ctrsvc.berth"))

@@ -65,12 +65,7 @@ impl Args {
 
     /// Validates the flags. Reads /etc/resolv.conf when no `--upstream` is given.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let endpoints: Vec<String> = self
-            .endpoints
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+        let endpoints = registry::client::split_endpoints(&self.endpoints);
         registry::client::Client::new(&endpoints).map_err(ConfigError::Endpoints)?;
         let domain = parse_domain(&self.domain)?;
         if self.ttl > i32::MAX as u64 {

@@ -59,12 +59,7 @@ impl Args {
 
     /// Validates the flags.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let endpoints: Vec<String> = self
-            .endpoints
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+        let endpoints = registry::client::split_endpoints(&self.endpoints);
         registry::client::Client::new(&endpoints).map_err(ConfigError::Endpoints)?;
         if !self.socket.is_absolute() || self.socket.file_name().is_none() {
             return Err(ConfigError::Socket(self.socket.clone()));
@@ -125,15 +120,7 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Letters, digits and inner hyphens, 1-63 bytes.
-pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
+pub use registry::catalog::is_dns_label;
 
 #[cfg(test)]
 mod tests {

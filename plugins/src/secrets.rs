@@ -441,11 +441,7 @@ pub enum ObjectCommand {
 }
 
 fn endpoints(s: &str) -> Result<Client, SecretError> {
-    let eps: Vec<String> = s
-        .split(',')
-        .map(|x| x.trim().to_string())
-        .filter(|x| !x.is_empty())
-        .collect();
+    let eps = registry::client::split_endpoints(s);
     Ok(Client::new(&eps)?)
 }
 

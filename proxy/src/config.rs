@@ -111,12 +111,7 @@ impl Args {
 
     /// Validates the flags.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let endpoints: Vec<String> = self
-            .endpoints
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+        let endpoints = registry::client::split_endpoints(&self.endpoints);
         registry::client::Client::new(&endpoints)?;
         let vip_range: Ipv4Net = self
             .vip_range

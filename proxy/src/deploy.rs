@@ -181,12 +181,7 @@ pub async fn run(args: Args, out: Box<dyn FnMut(&str) + Send>) -> Result<(), Err
         return Err(Error::Deploy("--replicas must be at least 1".into()));
     }
     check_env(&args.env).map_err(Error::Deploy)?;
-    let endpoints: Vec<String> = args
-        .endpoints
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let endpoints = registry::client::split_endpoints(&args.endpoints);
     let registry = Client::new(&endpoints)?;
     let socket = args
         .docker

@@ -772,6 +772,14 @@ fn json_body(s: String) -> Body {
 // Parsing helpers (pure; unit tested below)
 // ---------------------------------------------------------------------------
 
+/// Splits an `--endpoints` flag (`url,url,...`) into its non-empty, trimmed parts.
+pub fn split_endpoints(flag: &str) -> Vec<String> {
+    flag.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// Turns `host:port`, `http://host:port/` ... into `http://host:port`.
 pub fn normalize_endpoint(ep: &str) -> Result<String, ClientError> {
     let with_scheme = if ep.contains("://") {

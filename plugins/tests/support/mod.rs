@@ -1,10 +1,8 @@
 //! Fixtures: a one-member berth registry and plugin servers, in process, on a tokio
 //! runtime owned by the test; a raw client for the plugin socket; Docker helpers.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,17 +12,6 @@ use registry::client::{Client, GetOptions};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A name unique to this test process: `<prefix>-<pid>-<n>`.
-pub fn uniq(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// A registry member and the plugins started against it.
 pub struct Harness {
@@ -185,39 +172,15 @@ pub async fn call(
 // Docker
 // ---------------------------------------------------------------------------
 
-pub const BUSYBOX: &str = "/bin/busybox";
+// The daemon check, the FROM-scratch busybox image and unique names are the root suite's.
+#[path = "../../../tests/support/docker.rs"]
+pub mod docker_fixtures;
+pub use docker_fixtures::{docker_out, docker_ready, uniq, Image, BUSYBOX};
 
 pub fn in_ci() -> bool {
     std::env::var("CI")
         .map(|v| v == "true" || v == "1")
         .unwrap_or(false)
-}
-
-/// True when Docker answers; panics under CI=true when it does not.
-pub fn docker_ready() -> bool {
-    let ok = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if in_ci() {
-            panic!("the Docker daemon is not reachable (`docker info` fails) and CI=true: Docker tests must run in CI");
-        }
-        eprintln!("skipping: no Docker daemon reachable (`docker info` fails)");
-        return false;
-    }
-    if !Path::new(BUSYBOX).exists() {
-        panic!("{BUSYBOX} is missing: install it with `apt-get install -y busybox-static`");
-    }
-    true
-}
-
-pub fn docker_out(args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run the docker CLI")
 }
 
 /// Runs `docker ARGS`, panics with its stderr on failure, returns stdout bytes.
@@ -230,41 +193,6 @@ pub fn docker(args: &[&str]) -> Vec<u8> {
         String::from_utf8_lossy(&o.stderr)
     );
     o.stdout
-}
-
-/// A busybox image built FROM scratch (nothing is pulled); removed on drop.
-pub struct Image {
-    pub tag: String,
-}
-
-impl Image {
-    pub fn busybox() -> Image {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::copy(BUSYBOX, dir.path().join("busybox")).expect("copy busybox");
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox mkdir -p /usr/bin /sbin /usr/sbin /tmp && /bin/busybox --install -s\"]\n",
-        )
-        .unwrap();
-        let tag = format!("berth-test/busybox:{}", uniq("p"));
-        let o = Command::new("docker")
-            .args(["build", "-q", "-t", &tag])
-            .arg(dir.path())
-            .output()
-            .expect("docker build");
-        assert!(
-            o.status.success(),
-            "building {tag} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        Image { tag }
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = docker_out(&["rmi", "-f", &self.tag]);
-    }
 }
 
 /// A Docker object removed on drop with `docker <kind> rm -f <name>`.
