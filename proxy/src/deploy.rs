@@ -143,6 +143,8 @@ pub enum TaskState {
     Starting,
     /// Running and healthy (or without a check), not yet in the catalog.
     Unregistered,
+    /// In the catalog at this address, but nothing answers HTTP there yet.
+    Silent(String),
     /// In the catalog at this address.
     Ready(String),
     Failed(String),
@@ -512,6 +514,9 @@ impl Deployer {
                         TaskState::Unregistered => {
                             "running, waiting for its registration".to_string()
                         }
+                        TaskState::Silent(a) => {
+                            format!("registered at {a}, not answering HTTP yet")
+                        }
                         TaskState::Ready(a) => format!("ready at {a}"),
                         TaskState::Failed(why) => format!("failed: {why}"),
                     };
@@ -629,6 +634,9 @@ impl Deployer {
             ours && c.as_deref() == Some(color)
         });
         match found {
+            Some((_, _, addr, _)) if self.args.port.is_some() && !answers_http(addr).await => {
+                TaskState::Silent(addr.clone())
+            }
             Some((_, _, addr, _)) => TaskState::Ready(addr.clone()),
             None => TaskState::Unregistered,
         }
@@ -665,6 +673,25 @@ impl Deployer {
             format!(" (last log line: {line:?})")
         }
     }
+}
+
+/// Whether something at `addr` answers an HTTP request with a status line within a second
+/// (a published port accepts connections before the container's server listens).
+async fn answers_http(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"HEAD / HTTP/1.0\r\nHost: berth-deploy\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.ok()?;
+        (&buf == b"HTTP/").then_some(())
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Some(()))
+    )
 }
 
 /// Progress printer for the command line: one line each, flushed.

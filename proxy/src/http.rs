@@ -315,6 +315,18 @@ pub async fn handle(
                 last_error = format!("cannot connect to {} ({})", backend.addr, source_text(&e));
                 continue;
             }
+            // The instance accepted the connection and closed it without a byte of answer
+            // (e.g. Docker's port proxy in front of a container whose server is not up yet):
+            // an idempotent request without a body is safe to send to another instance.
+            Ok(Err(e)) if retryable && idempotent(&parts.method) && nothing_received(&e) => {
+                let d = backend.upstream.fail(now_ms(), config.eject);
+                tracing::warn!(service = %pool.service, instance = %backend.addr, error = %e, eject_ms = d.as_millis() as u64, "instance closed the connection without answering; instance ejected");
+                last_error = format!(
+                    "instance {} closed the connection without answering",
+                    backend.addr
+                );
+                continue;
+            }
             Ok(Err(e)) => {
                 let status = if body_too_large(&e) {
                     StatusCode::PAYLOAD_TOO_LARGE
@@ -392,6 +404,37 @@ fn parts_req(parts: &hyper::http::request::Parts) -> Request<()> {
     *r.method_mut() = parts.method.clone();
     *r.uri_mut() = parts.uri.clone();
     r
+}
+
+/// Methods RFC 9110 calls idempotent: safe to send again when no answer came back.
+fn idempotent(m: &hyper::Method) -> bool {
+    use hyper::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether the instance closed the connection (or reset it) before any response byte.
+fn nothing_received(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return true;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        src = s.source();
+    }
+    false
 }
 
 fn body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
@@ -485,6 +528,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         assert!(!bodiless(&h));
+        assert!(idempotent(&hyper::Method::PUT) && !idempotent(&hyper::Method::POST));
     }
 
     #[test]
