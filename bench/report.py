@@ -217,6 +217,9 @@ def cpu_line(text):
     return ""
 
 
+OTHERS_MARK = "<!-- other benchmarks: kept as they are by bench/run -->"
+
+
 def cmd_render(a):
     d = json.load(open(a.input))
     res = d["results"]
@@ -226,10 +229,15 @@ def cmd_render(a):
 
     prev = read_text(a.previous) if a.previous else None
     analysis = None
+    others = None
     if prev:
         mm = re.search(r"<!-- BEGIN analysis -->\n(.*?)<!-- END analysis -->", prev, re.S)
         if mm:
             analysis = mm.group(1)
+        # The DNS, registrator and proxy sections come from their own scripts: keep them.
+        i = prev.find(OTHERS_MARK)
+        if i >= 0:
+            others = prev[i:]
 
     w("# Benchmarks: berth registry vs etcd 3.4 (v2 API)")
     w("")
@@ -555,7 +563,10 @@ def cmd_render(a):
       "`BENCH_FILL_KEYS`, `BENCH_SYSTEMS`, `BENCH_PROFILE` (see the top of `bench/run`). "
       "Load generator alone: `berth-loadgen --mode put|get|qget|watch|fill --endpoints URL,URL,URL "
       "[--endpoint URL | --to-leader] --conns N --duration S --warmup S` prints one JSON object.")
-    print("\n".join(L))
+    text = "\n".join(L)
+    if others:
+        text += "\n\n" + others.rstrip("\n")
+    print(text)
 
 
 def main():
