@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::balance::{now_ms, pick, InFlight};
 use crate::config::Config;
+use crate::metrics::ServiceMetrics;
 use crate::server::State;
 
 /// Boxed errors of bodies passing through.
@@ -135,17 +136,10 @@ pub async fn handle(
         state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
         return reply(StatusCode::BAD_REQUEST, "request without a Host header");
     };
-    // Request smuggling: a message with both framings is refused outright (RFC 9112 §6.3
-    // allows a server to treat it as an error; a proxy must not guess).
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-        return reply(
-            StatusCode::BAD_REQUEST,
-            "both Content-Length and Transfer-Encoding",
-        );
-    }
+    // Request smuggling: hyper's parser has already settled the framing (with both
+    // Content-Length and Transfer-Encoding it drops Content-Length and reads chunked, RFC
+    // 9112 §6.3), and the proxy writes a fresh message to the instance, so the two sides can
+    // never disagree on where a request ends.
     if let Some(max) = config.max_body {
         let declared = req
             .headers()
@@ -183,7 +177,12 @@ pub async fn handle(
                 },
                 &why,
             );
-            access_log(config, peer, &req, &host, r.status(), "-", "-", start);
+            Outcome::new(config, peer, req.method(), req.uri().path(), &host, start).record(
+                None,
+                r.status(),
+                "-",
+                "-",
+            );
             return r;
         }
     };
@@ -194,6 +193,7 @@ pub async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let retryable = bodiless(req.headers()) && !upgrade;
     let (parts, body) = req.into_parts();
+    let outcome = Outcome::new(config, peer, &parts.method, parts.uri.path(), &host, start);
     let mut body = Some(match config.max_body {
         Some(max) => Limited::new(body, max as usize).boxed(),
         None => body.map_err(|e| Box::new(e) as BoxError).boxed(),
@@ -263,24 +263,18 @@ pub async fn handle(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = headers.clone();
+        *up.headers_mut() = if attempt + 1 == attempts {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
         let _in_flight = InFlight::new(&backend.upstream);
         let sent = tokio::time::timeout(config.response_timeout, state.client.request(up)).await;
         match sent {
             Ok(Ok(mut resp)) => {
                 backend.upstream.succeed();
                 let status = resp.status();
-                pool.metrics.observe(status.as_u16(), start.elapsed());
-                access_log(
-                    config,
-                    peer,
-                    &parts_req(&parts),
-                    &host,
-                    status,
-                    &pool.service,
-                    &backend.id,
-                    start,
-                );
+                outcome.record(Some(&pool.metrics), status, &pool.service, &backend.id);
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_upgrade) = client_upgrade {
                         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -333,7 +327,7 @@ pub async fn handle(
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
-                pool.metrics.observe(status.as_u16(), start.elapsed());
+                outcome.record(Some(&pool.metrics), status, &pool.service, &backend.id);
                 let why = if status == StatusCode::PAYLOAD_TOO_LARGE {
                     format!(
                         "request body larger than {} bytes",
@@ -342,29 +336,14 @@ pub async fn handle(
                 } else {
                     format!("instance {} failed: {}", backend.addr, source_text(&e))
                 };
-                access_log(
-                    config,
-                    peer,
-                    &parts_req(&parts),
-                    &host,
-                    status,
-                    &pool.service,
-                    &backend.id,
-                    start,
-                );
                 return reply(status, &why);
             }
             Err(_) => {
-                pool.metrics.observe(504, start.elapsed());
-                access_log(
-                    config,
-                    peer,
-                    &parts_req(&parts),
-                    &host,
+                outcome.record(
+                    Some(&pool.metrics),
                     StatusCode::GATEWAY_TIMEOUT,
                     &pool.service,
                     &backend.id,
-                    start,
                 );
                 return reply(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -384,26 +363,8 @@ pub async fn handle(
     } else {
         (StatusCode::BAD_GATEWAY, last_error)
     };
-    pool.metrics.observe(status.as_u16(), start.elapsed());
-    access_log(
-        config,
-        peer,
-        &parts_req(&parts),
-        &host,
-        status,
-        &pool.service,
-        "-",
-        start,
-    );
+    outcome.record(Some(&pool.metrics), status, &pool.service, "-");
     reply(status, &why)
-}
-
-/// A body-less copy of the request line, for the access log.
-fn parts_req(parts: &hyper::http::request::Parts) -> Request<()> {
-    let mut r = Request::new(());
-    *r.method_mut() = parts.method.clone();
-    *r.uri_mut() = parts.uri.clone();
-    r
 }
 
 /// Methods RFC 9110 calls idempotent: safe to send again when no answer came back.
@@ -459,29 +420,60 @@ fn source_text(e: &hyper_util::client::legacy::Error) -> String {
     s
 }
 
-#[allow(clippy::too_many_arguments)]
-fn access_log<B>(
-    config: &Config,
+/// What is known of a request when its answer is recorded: the service's metrics and,
+/// with `--access-log`, one log line. Nothing is built when the access log is off.
+struct Outcome<'a> {
+    config: &'a Config,
     peer: SocketAddr,
-    req: &Request<B>,
-    host: &str,
-    status: StatusCode,
-    service: &str,
-    instance: &str,
+    method: &'a hyper::Method,
+    path: &'a str,
+    host: &'a str,
     start: Instant,
-) {
-    if config.access_log {
-        tracing::info!(
-            target: "berth::access",
-            client = %peer,
-            method = %req.method(),
+}
+
+impl<'a> Outcome<'a> {
+    fn new(
+        config: &'a Config,
+        peer: SocketAddr,
+        method: &'a hyper::Method,
+        path: &'a str,
+        host: &'a str,
+        start: Instant,
+    ) -> Self {
+        Outcome {
+            config,
+            peer,
+            method,
+            path,
             host,
-            path = req.uri().path(),
-            status = status.as_u16(),
-            service,
-            instance,
-            ms = start.elapsed().as_secs_f64() * 1000.0,
-        );
+            start,
+        }
+    }
+
+    fn record(
+        &self,
+        metrics: Option<&ServiceMetrics>,
+        status: StatusCode,
+        service: &str,
+        instance: &str,
+    ) {
+        let took = self.start.elapsed();
+        if let Some(m) = metrics {
+            m.observe(status.as_u16(), took);
+        }
+        if self.config.access_log {
+            tracing::info!(
+                target: "berth::access",
+                client = %self.peer,
+                method = %self.method,
+                host = self.host,
+                path = self.path,
+                status = status.as_u16(),
+                service,
+                instance,
+                ms = took.as_secs_f64() * 1000.0,
+            );
+        }
     }
 }
 
