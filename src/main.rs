@@ -51,7 +51,7 @@ enum Command {
     Proxy(proxy::Args),
     /// Blue-green deploy of a service's containers: start the next color, flip, drain, stop the old.
     Deploy(proxy::deploy::Args),
-    /// Serve the Docker plugin (IPAM, secrets and configs volumes; network driver to come)
+    /// Serve the Docker plugin (overlay networks, IPAM, secrets and configs volumes)
     /// on /run/docker/plugins/berth.sock.
     Plugin(plugins::Args),
     /// Manage secrets (encrypted in the registry) for berth volumes: create, ls, rm.
@@ -308,7 +308,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
                 match plugin {
                     Ok((plugin_config, listener)) => {
                         eprintln!(
-                            "berth up: Docker plugin on {} (--ipam-driver berth, volume-driver=berth)",
+                            "berth up: Docker plugin on {} (-d berth --ipam-driver berth, volume-driver=berth)",
                             plugin_args.socket.display()
                         );
                         tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! `berth plugin` flags ([`Args`], each with a `BERTH_...` environment variable) and the
 //! validated [`Config`] the server runs with.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -41,6 +42,18 @@ pub struct Args {
     /// Prefix length of the pools taken from --ipam-default-pool.
     #[arg(long, env = "BERTH_IPAM_POOL_SIZE", default_value_t = 24)]
     pub ipam_pool_size: u8,
+    /// The address other hosts reach this one on for VXLAN (UDP 4789); default: the source
+    /// address of this host's default route.
+    #[arg(long, env = "BERTH_VTEP_ADDR")]
+    pub vtep_addr: Option<String>,
+    /// Docker's API socket: networks recorded in the registry are created in this Docker
+    /// (none: "none").
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker: String,
 }
 
 impl Args {
@@ -54,6 +67,8 @@ impl Args {
             node: None,
             ipam_default_pool: DEFAULT_POOL_RANGE.into(),
             ipam_pool_size: 24,
+            vtep_addr: None,
+            docker: "unix:///var/run/docker.sock".into(),
         }
     }
 
@@ -86,8 +101,23 @@ impl Args {
                 min: range.prefix_len(),
             });
         }
+        let vtep = match self.vtep_addr.as_deref().map(str::trim) {
+            Some(a) => Some(
+                a.parse::<Ipv4Addr>()
+                    .ok()
+                    .filter(|ip| !ip.is_unspecified() && !ip.is_multicast() && !ip.is_broadcast())
+                    .ok_or_else(|| ConfigError::Vtep(a.to_string()))?,
+            ),
+            None => default_route_source(),
+        };
+        let docker = match self.docker.trim() {
+            "" | "none" => None,
+            d => Some(PathBuf::from(d.strip_prefix("unix://").unwrap_or(d))),
+        };
         Ok(Config {
             endpoints,
+            vtep,
+            docker,
             socket: self.socket.clone(),
             key_file: self.key_file.clone(),
             volume_root: self.volume_root.clone(),
@@ -109,6 +139,22 @@ pub struct Config {
     pub node: String,
     pub default_pool: Ipv4Net,
     pub pool_size: u8,
+    /// This host's VXLAN tunnel endpoint (None: no route to guess it from; networks then
+    /// cannot be created here).
+    pub vtep: Option<Ipv4Addr>,
+    /// Docker's socket, if networks are to be replicated into a local Docker.
+    pub docker: Option<PathBuf>,
+}
+
+/// The source address the kernel picks for the default route (a UDP "connect" sends
+/// nothing), or None without one.
+pub fn default_route_source() -> Option<Ipv4Addr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:4789").ok()?;
+    match s.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
 }
 
 /// The kernel's host name (lower case), or `localhost`.
@@ -158,6 +204,18 @@ mod tests {
         let mut a = base();
         a.ipam_pool_size = 8;
         assert!(matches!(a.config(), Err(ConfigError::PoolSize { .. })));
+        let mut a = base();
+        a.vtep_addr = Some("224.0.0.1".into());
+        assert!(matches!(a.config(), Err(ConfigError::Vtep(_))));
+        let mut a = base();
+        a.vtep_addr = Some("10.0.0.300".into());
+        assert!(matches!(a.config(), Err(ConfigError::Vtep(_))));
+        let mut a = base();
+        a.vtep_addr = Some("192.168.77.2".into());
+        a.docker = "none".into();
+        let c = a.config().unwrap();
+        assert_eq!(c.vtep, Some("192.168.77.2".parse().unwrap()));
+        assert_eq!(c.docker, None);
         let mut a = base();
         a.endpoints = "ftp://x".into();
         assert!(matches!(a.config(), Err(ConfigError::Endpoints(_))));

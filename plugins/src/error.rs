@@ -20,6 +20,10 @@ pub enum ConfigError {
     PoolSize { size: u8, min: u8 },
     #[error("--node {0:?}: expected a DNS label (letters, digits and hyphens)")]
     Node(String),
+    #[error("--vtep-addr {0:?}: expected this host's unicast IPv4 address, such as 192.168.1.10")]
+    Vtep(String),
+    #[error("{0}")]
+    Netlink(String),
 }
 
 /// Why the plugin server stopped.
@@ -74,6 +78,8 @@ pub enum IpamError {
     InUse { addr: String, pool: String },
     #[error("address {addr} is not allocated in pool {pool}")]
     NotAllocated { addr: String, pool: String },
+    #[error("berth.join={pool_id} does not match the requested subnet {subnet}")]
+    JoinMismatch { pool_id: String, subnet: String },
     #[error("no free address left in pool {0}")]
     Exhausted(String),
     #[error("gave up after repeated conflicts in the registry ({0}); retry")]
@@ -147,4 +153,77 @@ pub enum VolumeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a network driver request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("registry: {0}")]
+    Registry(#[from] ClientError),
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("missing NetworkID")]
+    MissingNetworkId,
+    #[error("missing EndpointID")]
+    MissingEndpointId,
+    #[error("berth networks are IPv4 only: drop --ipv6")]
+    V6,
+    #[error(
+        "no IPv4 pool in the request: create the network with --ipam-driver berth --subnet CIDR"
+    )]
+    NoPool,
+    #[error("{0} IPv4 pools given: a berth network takes exactly one --subnet")]
+    ManyPools(usize),
+    #[error("address space {0:?} is not berth's: create the network with --ipam-driver berth so addresses are unique across hosts")]
+    ForeignIpam(String),
+    #[error("invalid subnet {0:?}")]
+    Subnet(String),
+    #[error(
+        "the network has no gateway; berth's IPAM always gives one, so use --ipam-driver berth"
+    )]
+    NoGateway,
+    #[error("invalid gateway {0:?}: expected an address inside the subnet")]
+    Gateway(String),
+    #[error("invalid driver options {0}: -o values must be strings")]
+    Options(String),
+    #[error(
+        "unknown driver option {0:?}: berth takes berth.vni and com.docker.network.driver.mtu"
+    )]
+    UnknownOption(String),
+    #[error("invalid berth.vni {0:?}: expected a VXLAN id from 1 to 16777215")]
+    Vni(String),
+    #[error("VNI {0} is already used by another berth network: pick another berth.vni")]
+    VniTaken(u32),
+    #[error("no free VNI left")]
+    NoFreeVni,
+    #[error("invalid com.docker.network.driver.mtu {0:?}: expected a number")]
+    MtuValue(String),
+    #[error("MTU {requested} does not fit: the underlay leaves at most {max} after VXLAN's 50 bytes (minimum 576)")]
+    Mtu { requested: u32, max: u32 },
+    #[error("berth.join={join} does not name this network's subnet ({net})")]
+    Join { join: String, net: String },
+    #[error("network {net} cannot be joined: {detail}")]
+    JoinMismatch { net: String, detail: String },
+    #[error("network {0} is not in the registry (it was removed on another host); remove it here with docker network rm")]
+    UnknownNetwork(String),
+    #[error("a berth network for subnet {0} already exists: docker network create it once, the plugin creates it on every other host")]
+    Exists(String),
+    #[error("network {id} is unknown to this plugin (not created through it, or already removed)")]
+    UnknownDockerNetwork { id: String },
+    #[error(
+        "network {net} still has endpoints on other hosts ({hosts}): remove those containers first"
+    )]
+    RemoteEndpoints { net: String, hosts: String },
+    #[error(
+        "invalid interface address {0:?}: expected an IPv4 address inside the network's subnet"
+    )]
+    Address(String),
+    #[error("invalid MAC address {0:?}: expected a unicast aa:bb:cc:dd:ee:ff")]
+    Mac(String),
+    #[error("no VTEP address: pass --vtep-addr (the address other hosts reach this one on)")]
+    NoVtep,
+    #[error("endpoint {0} is unknown (never created, or already deleted)")]
+    UnknownEndpoint(String),
+    #[error("stored network state under {key} is corrupt: {detail}")]
+    Corrupt { key: String, detail: String },
 }

@@ -56,7 +56,15 @@ pub struct Pool {
     pub uid: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+    /// Hosts whose Docker holds a network on this pool (a berth overlay network is one pool
+    /// shared by every host): the pool is released when the last one releases it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub hosts: BTreeSet<String>,
 }
+
+/// `--ipam-opt berth.join=<pool-id>`: use the existing pool (a network created on another
+/// host) instead of refusing its subnet as overlapping.
+pub const JOIN_OPTION: &str = "berth.join";
 
 /// Every pool by id.
 pub type PoolTable = BTreeMap<String, Pool>;
@@ -168,6 +176,7 @@ pub fn plan_pool(
         gateway: Ipv4Addr::from(u32::from(subnet.network()) + 1),
         uid: String::new(),
         options: req.options.clone(),
+        hosts: BTreeSet::new(),
     })
 }
 
@@ -253,6 +262,8 @@ pub struct Ipam {
     client: Client,
     default_range: Ipv4Net,
     default_size: u8,
+    /// This host (pool users are counted by host).
+    node: String,
     local: Mutex<HashMap<String, LocalPool>>,
 }
 
@@ -264,11 +275,12 @@ fn is_cas_conflict(e: &ClientError) -> bool {
 }
 
 impl Ipam {
-    pub fn new(client: Client, default_range: Ipv4Net, default_size: u8) -> Ipam {
+    pub fn new(client: Client, default_range: Ipv4Net, default_size: u8, node: String) -> Ipam {
         Ipam {
             client,
             default_range,
             default_size,
+            node,
             local: Mutex::new(HashMap::new()),
         }
     }
@@ -326,10 +338,14 @@ impl Ipam {
         &self,
         req: &RequestPoolRequest,
     ) -> Result<RequestPoolResponse, IpamError> {
+        if let Some(join) = req.options.get(JOIN_OPTION) {
+            return self.join_pool(req, join).await;
+        }
         for _ in 0..MAX_ATTEMPTS {
             let (mut table, index) = self.load_table().await?;
             let mut pool = plan_pool(&table, req, &self.default_range, self.default_size)?;
             pool.uid = format!("{:016x}", rand::random::<u64>());
+            pool.hosts.insert(self.node.clone());
             let id = pool_id(&pool.subnet);
             let subnet = pool.subnet;
             table.insert(id.clone(), pool);
@@ -349,16 +365,67 @@ impl Ipam {
         Err(IpamError::Contended("pool table".into()))
     }
 
-    /// `ReleasePool`: removes the pool from the table, then its address reservations.
+    /// `RequestPool` with `berth.join`: this host starts using a pool another host made.
+    async fn join_pool(
+        &self,
+        req: &RequestPoolRequest,
+        join: &str,
+    ) -> Result<RequestPoolResponse, IpamError> {
+        check_address_space(&req.address_space)?;
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut table, index) = self.load_table().await?;
+            let Some(pool) = table.get_mut(join) else {
+                return Err(IpamError::UnknownPool(join.to_string()));
+            };
+            if !req.pool.is_empty() && parse_subnet(&req.pool)? != pool.subnet {
+                return Err(IpamError::JoinMismatch {
+                    pool_id: join.to_string(),
+                    subnet: req.pool.clone(),
+                });
+            }
+            let subnet = pool.subnet;
+            if !pool.hosts.insert(self.node.clone()) {
+                // Already counted (Docker asked again).
+            } else {
+                match self.store_table(&table, index).await {
+                    Ok(()) => {}
+                    Err(e) if is_cas_conflict(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            tracing::info!(pool = %join, %subnet, "pool joined");
+            return Ok(RequestPoolResponse {
+                pool_id: join.to_string(),
+                pool: subnet.to_string(),
+                data: BTreeMap::new(),
+            });
+        }
+        Err(IpamError::Contended("pool table".into()))
+    }
+
+    /// `ReleasePool`: this host stops using the pool; the last user removes it from the
+    /// table, then its address reservations.
     pub async fn release_pool(&self, req: &ReleasePoolRequest) -> Result<(), IpamError> {
         if req.pool_id.is_empty() {
             return Err(IpamError::MissingPoolId);
         }
         for _ in 0..MAX_ATTEMPTS {
             let (mut table, index) = self.load_table().await?;
-            let Some(pool) = table.remove(&req.pool_id) else {
+            let Some(pool) = table.get_mut(&req.pool_id) else {
                 return Err(IpamError::UnknownPool(req.pool_id.clone()));
             };
+            pool.hosts.remove(&self.node);
+            if !pool.hosts.is_empty() {
+                match self.store_table(&table, index).await {
+                    Ok(()) => {
+                        tracing::info!(pool = %req.pool_id, "pool left (other hosts still use it)");
+                        return Ok(());
+                    }
+                    Err(e) if is_cas_conflict(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let pool = table.remove(&req.pool_id).expect("present");
             match self.store_table(&table, index).await {
                 Ok(()) => {
                     self.local.lock().expect("ipam lock").remove(&pool.uid);
@@ -470,10 +537,19 @@ impl Ipam {
                         data: BTreeMap::new(),
                     })
                 }
-                Err(e) if e.etcd_code() == Some(codes::NODE_EXIST) => Err(IpamError::InUse {
-                    addr: ip.to_string(),
-                    pool: pool.subnet.to_string(),
-                }),
+                Err(e) if e.etcd_code() == Some(codes::NODE_EXIST) => {
+                    // One gateway serves every host of a shared pool.
+                    if is_gateway && self.is_gateway_reservation(&req.pool_id, ip).await? {
+                        return Ok(RequestAddressResponse {
+                            address: format!("{ip}/{prefix}"),
+                            data: BTreeMap::new(),
+                        });
+                    }
+                    Err(IpamError::InUse {
+                        addr: ip.to_string(),
+                        pool: pool.subnet.to_string(),
+                    })
+                }
                 Err(e) => Err(e.into()),
             };
         }
@@ -536,10 +612,39 @@ impl Ipam {
         Err(IpamError::Contended(format!("pool {}", pool.subnet)))
     }
 
-    /// `ReleaseAddress`: deletes the reservation.
+    async fn is_gateway_reservation(&self, pool_id: &str, ip: Ipv4Addr) -> Result<bool, IpamError> {
+        match self
+            .client
+            .get(
+                &addr_key(pool_id, ip),
+                GetOptions {
+                    quorum: true,
+                    ..Default::default()
+                },
+            )
+            .await
+        {
+            Ok(r) => Ok(serde_json::from_str::<serde_json::Value>(
+                r.node.value.as_deref().unwrap_or(""),
+            )
+            .ok()
+            .and_then(|v| v.get("gateway")?.as_bool())
+            .unwrap_or(false)),
+            Err(e) if e.is_key_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `ReleaseAddress`: deletes the reservation. A gateway's reservation stays while other
+    /// hosts share the pool (it goes with the pool).
     pub async fn release_address(&self, req: &ReleaseAddressRequest) -> Result<(), IpamError> {
         let pool = self.pool(&req.pool_id).await?;
         let ip = check_requested(&pool, &req.address)?;
+        if pool.hosts.iter().any(|h| *h != self.node)
+            && self.is_gateway_reservation(&req.pool_id, ip).await?
+        {
+            return Ok(());
+        }
         match self
             .client
             .delete(&addr_key(&req.pool_id, ip), DeleteOptions::default())
@@ -572,6 +677,7 @@ mod tests {
             gateway: Ipv4Addr::from(u32::from(subnet.network()) + 1),
             uid: "u".into(),
             options: BTreeMap::new(),
+            hosts: BTreeSet::new(),
         }
     }
 

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::{ConfigError, Error};
 use crate::ipam::Ipam;
+use crate::netdriver::Networks;
 use crate::protocol::{self, decode, ActivateResponse, Empty, ErrorBody, Method};
 use crate::volume::Volumes;
 
@@ -32,6 +33,7 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub struct Plugin {
     pub ipam: Ipam,
     pub volumes: Volumes,
+    pub networks: Arc<Networks>,
 }
 
 /// A rendered answer.
@@ -57,20 +59,29 @@ impl Answer {
     }
 }
 
-/// Message of the network endpoints that are not built yet.
-fn not_implemented(method: Method) -> String {
-    format!(
-        "{} is not implemented yet: berth overlay networks are future work; \
-         use `--ipam-driver berth` with another network driver meanwhile",
-        method.path().trim_start_matches('/')
-    )
-}
-
 impl Plugin {
     pub fn new(config: &Config) -> Result<Plugin, ConfigError> {
         let client = Client::new(&config.endpoints).map_err(ConfigError::Endpoints)?;
         Ok(Plugin {
-            ipam: Ipam::new(client.clone(), config.default_pool, config.pool_size),
+            ipam: Ipam::new(
+                client.clone(),
+                config.default_pool,
+                config.pool_size,
+                config.node.clone(),
+            ),
+            networks: Arc::new(
+                Networks::new(
+                    client.clone(),
+                    config.node.clone(),
+                    config
+                        .socket
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "berth".into()),
+                    config.vtep,
+                )
+                .map_err(|e| ConfigError::Netlink(e.to_string()))?,
+            ),
             volumes: Volumes::new(
                 client,
                 config.node.clone(),
@@ -173,42 +184,71 @@ impl Plugin {
                 Answer::ok(&self.volumes.list().await.map_err(|x| e(&x))?)
             }
             VolumeCapabilities => Answer::ok(&self.volumes.capabilities()),
-            // --- network: capabilities and discovery only, for now ---
+            // --- network ---
             NetCapabilities => Answer::ok(&protocol::NetworkCapabilities {
+                // The state is kept in the registry by berth itself; each host's Docker
+                // sees a local network that berth creates on every host.
                 scope: "local".into(),
-                connectivity_scope: "local".into(),
+                connectivity_scope: "global".into(),
             }),
             NetDiscoverNew | NetDiscoverDelete => {
                 decode::<protocol::DiscoveryNotification>(body)?;
                 Answer::ok(&Empty {})
             }
             NetCreateNetwork => {
-                decode::<protocol::CreateNetworkRequest>(body)?;
-                return Err(not_implemented(method));
+                let r = decode(body)?;
+                self.networks.create_network(&r).await.map_err(|x| e(&x))?;
+                Answer::ok(&Empty {})
+            }
+            NetDeleteNetwork => {
+                let r: protocol::NetworkIdRequest = decode(body)?;
+                self.networks
+                    .delete_network(&r.network_id)
+                    .await
+                    .map_err(|x| e(&x))?;
+                Answer::ok(&Empty {})
             }
             NetAllocateNetwork => {
+                // Only Swarm managers call this; berth needs no cluster-wide allocation
+                // beyond what CreateNetwork does.
                 decode::<protocol::AllocateNetworkRequest>(body)?;
-                return Err(not_implemented(method));
+                Answer::ok(&protocol::AllocateNetworkResponse::default())
             }
-            NetDeleteNetwork | NetFreeNetwork => {
+            NetFreeNetwork => {
                 decode::<protocol::NetworkIdRequest>(body)?;
-                return Err(not_implemented(method));
+                Answer::ok(&Empty {})
             }
             NetCreateEndpoint => {
-                decode::<protocol::CreateEndpointRequest>(body)?;
-                return Err(not_implemented(method));
+                let r = decode(body)?;
+                Answer::ok(&self.networks.create_endpoint(&r).await.map_err(|x| e(&x))?)
+            }
+            NetEndpointOperInfo => {
+                let r = decode(body)?;
+                Answer::ok(&self.networks.endpoint_info(&r).await.map_err(|x| e(&x))?)
+            }
+            NetDeleteEndpoint => {
+                let r = decode(body)?;
+                self.networks.delete_endpoint(&r).await.map_err(|x| e(&x))?;
+                Answer::ok(&Empty {})
             }
             NetJoin => {
-                decode::<protocol::JoinRequest>(body)?;
-                return Err(not_implemented(method));
+                let r = decode(body)?;
+                Answer::ok(&self.networks.join(&r).await.map_err(|x| e(&x))?)
+            }
+            NetLeave => {
+                let r = decode(body)?;
+                self.networks.leave(&r).await.map_err(|x| e(&x))?;
+                Answer::ok(&Empty {})
             }
             NetProgramExternalConnectivity => {
+                // No port publishing on overlay networks (as with Swarm's overlay without
+                // the ingress network): nothing to program.
                 decode::<protocol::ProgramExternalConnectivityRequest>(body)?;
-                return Err(not_implemented(method));
+                Answer::ok(&Empty {})
             }
-            NetEndpointOperInfo | NetDeleteEndpoint | NetLeave | NetRevokeExternalConnectivity => {
+            NetRevokeExternalConnectivity => {
                 decode::<protocol::EndpointRequest>(body)?;
-                return Err(not_implemented(method));
+                Answer::ok(&Empty {})
             }
         })
     }
@@ -281,9 +321,31 @@ pub async fn run(
     let span = tracing::info_span!("plugin", socket = ?socket, node = %config.node);
     async move {
         let plugin = Arc::new(Plugin::new(&config)?);
+        let docker = match &config.docker {
+            Some(path) => match bollard::Docker::connect_with_unix(
+                &path.to_string_lossy(),
+                60,
+                bollard::API_DEFAULT_VERSION,
+            ) {
+                Ok(d) => match d.negotiate_version().await {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        tracing::warn!(socket = %path.display(), error = %e, "no Docker: networks are not replicated into it");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(socket = %path.display(), error = %e, "no Docker: networks are not replicated into it");
+                    None
+                }
+            },
+            None => None,
+        };
+        let follow = tokio::spawn(plugin.networks.clone().follow(docker, shutdown.child_token()));
         tracing::info!(
             implements = ?protocol::IMPLEMENTS,
             volume_root = %config.volume_root.display(),
+            vtep = ?config.vtep,
             "serving the Docker plugin protocol"
         );
         let graceful = GracefulShutdown::new();
@@ -318,6 +380,7 @@ pub async fn run(
         }
         drop(listener);
         let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+        follow.abort();
         plugin.volumes.unmount_all().await;
         if let Some(p) = &socket {
             let _ = std::fs::remove_file(p);

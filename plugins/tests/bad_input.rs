@@ -36,7 +36,10 @@ fn handshake_unknown_endpoints_and_methods() {
     assert_eq!(st, 405, "{body}");
     assert_eq!(
         h.call(&s, "/NetworkDriver.GetCapabilities", "null"),
-        (200, json!({"Scope": "local", "ConnectivityScope": "local"}))
+        (
+            200,
+            json!({"Scope": "local", "ConnectivityScope": "global"})
+        )
     );
     assert_eq!(
         h.call(&s, "/IpamDriver.GetCapabilities", ""),
@@ -62,38 +65,149 @@ fn handshake_unknown_endpoints_and_methods() {
     );
 }
 
+/// Every key under `/_berth` except the test's own marker, with its value.
+fn berth_state(h: &Harness) -> Vec<(String, String)> {
+    let r = h.rt.block_on(h.client.get(
+        "/_berth",
+        registry::client::GetOptions {
+            recursive: true,
+            ..Default::default()
+        },
+    ));
+    let mut out = Vec::new();
+    fn walk(n: &registry::client::Node, out: &mut Vec<(String, String)>) {
+        if n.dir {
+            n.nodes.iter().for_each(|c| walk(c, out));
+        } else {
+            out.push((n.key.clone(), n.value.clone().unwrap_or_default()));
+        }
+    }
+    if let Ok(r) = r {
+        walk(&r.node, &mut out);
+    }
+    out.sort();
+    out
+}
+
 #[test]
-fn network_endpoints_not_built_yet_say_so() {
+fn network_bad_input_is_refused_with_a_reason_and_changes_nothing() {
     let (h, s) = start();
-    for (path, body) in [
+    let (st, _) = h.call(&s, "/IpamDriver.RequestPool", r#"{"Pool":"10.90.0.0/24"}"#);
+    assert_eq!(st, 200);
+    let before = berth_state(&h);
+    let net = |opts: &str, space: &str, gw: &str| {
+        format!(
+            r#"{{"NetworkID":"n1","Options":{{"com.docker.network.generic":{opts}}},"IPv4Data":[{{"AddressSpace":"{space}","Pool":"10.90.0.0/24","Gateway":"{gw}"}}],"IPv6Data":[]}}"#
+        )
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
         (
             "/NetworkDriver.CreateNetwork",
-            r#"{"NetworkID":"n1","Options":{},"IPv4Data":[],"IPv6Data":[]}"#,
+            r#"{"NetworkID":"n1","Options":{},"IPv4Data":[],"IPv6Data":[]}"#.into(),
+            "no IPv4 pool",
+        ),
+        (
+            "/NetworkDriver.CreateNetwork",
+            net("{}", "LocalDefault", "10.90.0.1/24"),
+            "--ipam-driver berth",
+        ),
+        (
+            "/NetworkDriver.CreateNetwork",
+            net("{}", "berth", "10.77.0.1/24"),
+            "invalid gateway",
+        ),
+        (
+            "/NetworkDriver.CreateNetwork",
+            net(r#"{"berth.vni":"0"}"#, "berth", "10.90.0.1/24"),
+            "invalid berth.vni",
+        ),
+        (
+            "/NetworkDriver.CreateNetwork",
+            net(r#"{"berth.frob":"1"}"#, "berth", "10.90.0.1/24"),
+            "unknown driver option",
+        ),
+        (
+            "/NetworkDriver.CreateNetwork",
+            net(
+                r#"{"com.docker.network.driver.mtu":"9000"}"#,
+                "berth",
+                "10.90.0.1/24",
+            ),
+            "does not fit",
+        ),
+        (
+            "/NetworkDriver.CreateNetwork",
+            net(r#"{"berth.join":"10.90.0.0-24"}"#, "berth", "10.90.0.1/24"),
+            "not in the registry",
         ),
         (
             "/NetworkDriver.CreateEndpoint",
-            r#"{"NetworkID":"n1","EndpointID":"e1"}"#,
+            r#"{"NetworkID":"nope","EndpointID":"e1","Interface":{"Address":"10.90.0.2/24"}}"#
+                .into(),
+            "network nope is unknown",
+        ),
+        (
+            "/NetworkDriver.CreateEndpoint",
+            r#"{"NetworkID":"n1","EndpointID":""}"#.into(),
+            "missing EndpointID",
         ),
         (
             "/NetworkDriver.Join",
-            r#"{"NetworkID":"n1","EndpointID":"e1","SandboxKey":"/x"}"#,
+            r#"{"NetworkID":"nope","EndpointID":"e1","SandboxKey":"/x"}"#.into(),
+            "network nope is unknown",
+        ),
+        (
+            "/NetworkDriver.EndpointOperInfo",
+            r#"{"NetworkID":"nope","EndpointID":"e1"}"#.into(),
+            "unknown",
+        ),
+        (
+            "/NetworkDriver.DeleteEndpoint",
+            r#"{"NetworkID":"nope","EndpointID":"e1"}"#.into(),
+            "unknown",
         ),
         (
             "/NetworkDriver.Leave",
-            r#"{"NetworkID":"unknown","EndpointID":"unknown"}"#,
+            r#"{"NetworkID":"nope","EndpointID":"e1"}"#.into(),
+            "unknown",
         ),
-        ("/NetworkDriver.DeleteNetwork", r#"{"NetworkID":"unknown"}"#),
-    ] {
-        let (st, resp) = h.call(&s, path, body);
-        assert_eq!(st, 500, "{path}");
+        (
+            "/NetworkDriver.DeleteNetwork",
+            r#"{"NetworkID":"nope"}"#.into(),
+            "network nope is unknown",
+        ),
+        (
+            "/NetworkDriver.DeleteNetwork",
+            r#"{"NetworkID":""}"#.into(),
+            "missing NetworkID",
+        ),
+        // Malformed JSON is reported as such.
+        (
+            "/NetworkDriver.Join",
+            "{\"NetworkID\": 5}".into(),
+            "malformed request body",
+        ),
+        (
+            "/NetworkDriver.CreateNetwork",
+            "{".into(),
+            "malformed request body",
+        ),
+    ];
+    for (path, body, want) in cases {
+        let (st, resp) = h.call(&s, path, &body);
+        assert_eq!(st, 500, "{path} {body}: {resp}");
+        let err = resp["Err"].as_str().unwrap_or_default();
         assert!(
-            resp["Err"]
-                .as_str()
-                .unwrap()
-                .contains("not implemented yet"),
-            "{path}: {resp}"
+            err.contains(want),
+            "{path} {body}: want {want:?}, got {resp}"
+        );
+        assert_eq!(
+            berth_state(&h),
+            before,
+            "{path} {body} changed the registry"
         );
     }
+    // What needs nothing answers plainly.
     assert_eq!(
         h.call(
             &s,
@@ -102,15 +216,12 @@ fn network_endpoints_not_built_yet_say_so() {
         ),
         (200, json!({}))
     );
-    // Malformed JSON is reported as such even there.
-    let (st, resp) = h.call(&s, "/NetworkDriver.Join", "{\"NetworkID\": 5}");
-    assert_eq!(st, 500);
-    assert!(
-        resp["Err"]
-            .as_str()
-            .unwrap()
-            .starts_with("malformed request body"),
-        "{resp}"
+    assert_eq!(
+        h.call(&s, "/NetworkDriver.GetCapabilities", ""),
+        (
+            200,
+            json!({"Scope": "local", "ConnectivityScope": "global"})
+        )
     );
 }
 

@@ -107,9 +107,17 @@ fn a_thousand_concurrent_requests_from_two_instances_never_collide() {
         (200, format!("{taken}/22").as_str())
     );
 
-    // Releasing the pool removes its reservations.
+    // A pool is counted per host: B never requested it, so B's release leaves it to A.
     let (st, _) = h.call(
         &b,
+        "/IpamDriver.ReleasePool",
+        r#"{"PoolID":"10.90.0.0-22"}"#,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(h.children("/_berth/ipam/addrs/10.90.0.0-22").len(), 1000);
+    // A's release (the last user) removes the pool and its reservations.
+    let (st, _) = h.call(
+        &a,
         "/IpamDriver.ReleasePool",
         r#"{"PoolID":"10.90.0.0-22"}"#,
     );

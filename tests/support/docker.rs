@@ -62,33 +62,38 @@ pub struct Image {
     pub tag: String,
 }
 
-impl Image {
-    /// `berth-test/busybox:<uniq>`: busybox-static FROM scratch, `EXPOSE 80`, runs
-    /// `httpd -f -p 80` under a shell that exits on SIGTERM.
-    pub fn busybox() -> Image {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::copy(BUSYBOX, dir.path().join("busybox")).expect("copy busybox");
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            r#"FROM scratch
+/// The workload image: busybox-static FROM scratch, `EXPOSE 80`, serving "hello" with
+/// `httpd -f -p 80` under a shell that exits on SIGTERM.
+pub const BUSYBOX_DOCKERFILE: &str = r#"FROM scratch
 COPY busybox /bin/busybox
 RUN ["/bin/busybox", "sh", "-c", "/bin/busybox mkdir -p /usr/bin /sbin /usr/sbin /tmp /www && /bin/busybox --install -s && echo hello > /www/index.html"]
 EXPOSE 80
 CMD ["/bin/sh", "-c", "trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"]
-"#,
-        )
-        .unwrap();
+"#;
+
+/// Builds [`BUSYBOX_DOCKERFILE`] as `tag` with `docker` (plus `host_args`, e.g. `-H unix://...`).
+pub fn build_busybox(host_args: &[&str], tag: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(BUSYBOX, dir.path().join("busybox")).expect("copy busybox");
+    std::fs::write(dir.path().join("Dockerfile"), BUSYBOX_DOCKERFILE).unwrap();
+    let o = Command::new("docker")
+        .args(host_args)
+        .args(["build", "-q", "-t", tag])
+        .arg(dir.path())
+        .output()
+        .expect("docker build");
+    assert!(
+        o.status.success(),
+        "building {tag} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+impl Image {
+    /// `berth-test/busybox:<uniq>` on the host's Docker.
+    pub fn busybox() -> Image {
         let tag = format!("berth-test/busybox:{}", uniq("t"));
-        let o = Command::new("docker")
-            .args(["build", "-q", "-t", &tag])
-            .arg(dir.path())
-            .output()
-            .expect("docker build");
-        assert!(
-            o.status.success(),
-            "building {tag} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        build_busybox(&[], &tag);
         Image { tag }
     }
 }

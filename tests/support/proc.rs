@@ -10,6 +10,8 @@ use super::{eventually, BERTH};
 /// A long-running `berth` process (registrator, announce, proxy, ...) with its log in a temp dir.
 pub struct Proc {
     child: Option<Child>,
+    /// A command that runs berth (e.g. `nsenter --net=...`), empty for berth itself.
+    wrapper: Vec<String>,
     args: Vec<String>,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -17,9 +19,15 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(args: &[String]) -> Proc {
+        Self::start_wrapped(&[], args)
+    }
+
+    /// Runs `WRAPPER... berth ARGS...`, e.g. with `nsenter --net=/run/netns/x` in front.
+    pub fn start_wrapped(wrapper: &[&str], args: &[String]) -> Proc {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut p = Proc {
             child: None,
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             args: args.to_vec(),
             log: dir.path().join("berth.log"),
             _dir: dir,
@@ -34,7 +42,15 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(BERTH)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BERTH);
+                c
+            }
+            None => Command::new(BERTH),
+        };
+        let child = cmd
             .args(&self.args)
             .env(
                 "BERTH_LOG",

@@ -73,6 +73,9 @@ impl Harness {
             key_file: self.key_file(),
             volume_root: self.dir.path().join("volumes"),
             node: Some("test-node".into()),
+            // Overlay networks are tested by the root suite (tests/overlay.rs), with real
+            // processes; these in-process plugins leave Docker's networks alone.
+            docker: "none".into(),
             ..plugins::Args::defaults()
         }
     }
