@@ -36,7 +36,7 @@ enum Command {
     /// 127.0.0.1:2379 with its data in ./berth-data, DNS on 127.0.0.1:8600, the proxy on
     /// 127.0.0.1:8800 with VIPs in 127.77.0.0/16, and the registrator and the Docker plugin
     /// when Docker is there (the plugin needs root).
-    Up(UpArgs),
+    Up(berth::UpArgs),
     /// Run a registry member (etcd v2 API; etcd's flag names).
     Registry(RegistryArgs),
     /// Talk to the registry like etcdctl (v2): mk, get, ls, watch, member, ...
@@ -58,23 +58,6 @@ enum Command {
     Secret(plugins::SecretArgs),
     /// Manage configs (plain files in the registry) for berth volumes: create, ls, rm.
     Config(plugins::ConfigArgs),
-}
-
-#[derive(Args)]
-struct UpArgs {
-    /// Where the registry keeps its data.
-    #[arg(long, env = "BERTH_DATA_DIR", default_value = "./berth-data")]
-    data_dir: PathBuf,
-    /// Client URL of the registry.
-    #[arg(
-        long,
-        env = "BERTH_CLIENT_URL",
-        default_value = "http://127.0.0.1:2379"
-    )]
-    client_url: String,
-    /// Peer URL of the registry.
-    #[arg(long, env = "BERTH_PEER_URL", default_value = "http://127.0.0.1:2380")]
-    peer_url: String,
 }
 
 #[derive(Args)]
@@ -240,90 +223,9 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
             run_registry(config, clients, peer).await?;
         }
         Command::Up(args) => {
-            let config = Config::single(
-                "berth",
-                args.data_dir.join("registry"),
-                &args.client_url,
-                &args.peer_url,
-            );
-            // Bind the registry first so the other parts find it listening.
-            let client = bind(socket_addr(&args.client_url)?, "clients").await?;
-            let peer = bind(socket_addr(&args.peer_url)?, "peers").await?;
-            eprintln!(
-                "berth up: registry (etcd v2 API) on {}, data in {}",
-                args.client_url,
-                args.data_dir.display()
-            );
-            eprintln!("berth up: try `ETCDCTL_API=2 etcdctl --endpoints {} ls /` or `berth ctl ls /`; Ctrl-C stops", args.client_url);
-            if std::path::Path::new(registrator::config::DEFAULT_DOCKER_SOCKET).exists() {
-                let cfg = registrator::Config {
-                    endpoints: vec![args.client_url.clone()],
-                    ..Default::default()
-                };
-                eprintln!("berth up: registrator following Docker, catalog under /services");
-                tokio::spawn(async move {
-                    if let Err(e) = registrator::run(cfg, CancellationToken::new()).await {
-                        tracing::error!("registrator: {e}");
-                    }
-                });
-            }
-            let dns_args = dns::Args {
-                endpoints: args.client_url.clone(),
-                ..dns::Args::defaults()
-            };
-            let (dns_config, (udp, tcp)) = (dns_args.config()?, bind_dns(dns_args.listen).await?);
-            eprintln!(
-                "berth up: DNS on {} (zone berth., VIPs from {})",
-                dns_args.listen, dns_config.vip_range
-            );
-            tokio::spawn(async move {
-                if let Err(e) = dns::run(dns_config, udp, tcp, CancellationToken::new()).await {
-                    tracing::error!("dns: {e}");
-                }
-            });
-            let proxy_args = proxy::Args {
-                endpoints: args.client_url.clone(),
-                ..proxy::Args::defaults()
-            };
-            let proxy_config = proxy_args.config()?;
-            let bound = proxy::bind(&proxy_args).await?;
-            eprintln!(
-                "berth up: proxy on http://{} (routes from the instances' http field; TCP on VIP:port)",
-                proxy_args.http_listen
-            );
-            tokio::spawn(async move {
-                if let Err(e) = proxy::run(proxy_config, bound, CancellationToken::new()).await {
-                    tracing::error!("proxy: {e}");
-                }
-            });
-            if std::path::Path::new(registrator::config::DEFAULT_DOCKER_SOCKET).exists() {
-                let plugin_args = plugins::Args {
-                    endpoints: args.client_url.clone(),
-                    ..plugins::Args::defaults()
-                };
-                let plugin = plugin_args
-                    .config()
-                    .map_err(anyhow::Error::from)
-                    .and_then(|c| Ok((c, plugins::bind(&plugin_args.socket)?)));
-                match plugin {
-                    Ok((plugin_config, listener)) => {
-                        eprintln!(
-                            "berth up: Docker plugin on {} (-d berth --ipam-driver berth, volume-driver=berth)",
-                            plugin_args.socket.display()
-                        );
-                        tokio::spawn(async move {
-                            if let Err(e) =
-                                plugins::run(plugin_config, listener, CancellationToken::new())
-                                    .await
-                            {
-                                tracing::error!("plugin: {e}");
-                            }
-                        });
-                    }
-                    Err(e) => eprintln!("berth up: no Docker plugin ({e:#}); it needs root"),
-                }
-            }
-            registry::run(config, vec![client], peer, shutdown_on_signal()).await?;
+            let listeners = berth::up::bind(&args).await?;
+            let say = |line: &str| eprintln!("berth up: {line}");
+            berth::up::run(args, listeners, shutdown_on_signal(), &say).await?;
         }
         Command::Registrator(args) => {
             registrator::run(args.config()?, shutdown_on_signal()).await?;

@@ -16,10 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
 use support::docker::{build_busybox, docker, docker_out, docker_ready, uniq, Container, Image};
 use support::proc::Proc;
-use support::{eventually, free_port, http, in_ci};
+use support::{eventually, in_ci, OpenRegistry};
 
 fn is_root() -> bool {
     Command::new("id")
@@ -66,91 +65,6 @@ fn run_quiet(cmd: &[&str]) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-/// A one-member registry listening on every address (so a namespace can reach it).
-struct Registry {
-    _proc: Proc,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let args: Vec<String> = [
-            "registry",
-            "--name",
-            "r1",
-            "--data-dir",
-            &dir.path().join("data").to_string_lossy(),
-            "--listen-client-urls",
-            &format!("http://0.0.0.0:{port}"),
-            "--advertise-client-urls",
-            &format!("http://127.0.0.1:{port}"),
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            &format!("r1={peer}"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let proc = Proc::start(&args);
-        let r = Registry {
-            _proc: proc,
-            port,
-            _dir: dir,
-        };
-        let up = eventually(Duration::from_secs(20), || {
-            http::send("PUT", &r.key_url("/_test/ready"), Some("value=1"))
-                .ok()
-                .filter(|x| x.status == 201 || x.status == 200)
-        });
-        assert!(up.is_some(), "registry did not start");
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn key_url(&self, key: &str) -> String {
-        format!("{}/v2/keys{key}", self.url())
-    }
-
-    /// The node at `key` (recursive), if it exists.
-    fn node(&self, key: &str) -> Option<Value> {
-        let r = http::send(
-            "GET",
-            &format!("{}?recursive=true", self.key_url(key)),
-            None,
-        )
-        .ok()?;
-        (r.status == 200).then(|| r.json()["node"].clone())
-    }
-
-    fn value(&self, key: &str) -> Option<Value> {
-        let n = self.node(key)?;
-        serde_json::from_str(n["value"].as_str()?).ok()
-    }
-
-    fn children(&self, dir: &str) -> Vec<String> {
-        self.node(dir)
-            .and_then(|n| n["nodes"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|n| {
-                n["key"]
-                    .as_str()
-                    .map(|k| k.rsplit('/').next().unwrap().to_string())
-            })
-            .collect()
-    }
 }
 
 /// `berth plugin` as `driver` (its socket `<dir>/<driver>.sock`), optionally inside a
@@ -250,7 +164,7 @@ fn one_host_two_containers_reach_each_other_and_removal_releases_everything() {
     if !ready() {
         return;
     }
-    let reg = Registry::start();
+    let reg = OpenRegistry::start();
     let state = tempfile::tempdir().unwrap();
     let driver = format!("berth-ov{}", std::process::id());
     let _p = plugin(
@@ -537,7 +451,7 @@ fn two_hosts_share_a_network_and_reach_each_other_over_vxlan() {
     }
     let (ip_a, ip_b) = ("192.168.213.1", "192.168.213.2");
     let b = HostB::start("berth-test-b", "bt-hosta", ip_a, ip_b);
-    let reg = Registry::start();
+    let reg = OpenRegistry::start();
     let state = tempfile::tempdir().unwrap();
     let driver = format!("berth-tw{}", std::process::id());
     let _pa = plugin(
@@ -550,7 +464,7 @@ fn two_hosts_share_a_network_and_reach_each_other_over_vxlan() {
         state.path(),
         None,
     );
-    let _pb = plugin(
+    let mut pb = plugin(
         &format!("http://{ip_a}:{}", reg.port),
         &driver,
         "host-b",
@@ -653,6 +567,26 @@ fn two_hosts_share_a_network_and_reach_each_other_over_vxlan() {
         http_from(&b.host(), &b1_name, &ip_a1).contains("hello"),
         "B could not fetch from A over VXLAN"
     );
+
+    // B's plugin dies (kill -9) while A starts another container; the restarted plugin
+    // catches up from the registry and B reaches the new container.
+    pb.kill9();
+    let a2 = Container::run(&uniq("ov-a2"), &["--network", &name, &image_a.tag]);
+    let ip_a2 = net_ip(&a2, &name);
+    pb.spawn();
+    let caught_up = eventually(Duration::from_secs(15), || {
+        let o = Command::new("docker")
+            .args(b.host())
+            .args(["exec", &b1_name, "ping", "-c", "1", "-W", "1", &ip_a2])
+            .output()
+            .ok()?;
+        o.status.success().then_some(())
+    });
+    assert!(
+        caught_up.is_some(),
+        "B never reached A's new container after its plugin restarted"
+    );
+    drop(a2);
 
     // B's container goes: A drops its entries.
     b.docker(&["rm", "-f", &b1_name]);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use support::docker::{docker_out, docker_ready, uniq, Container, Image, Network};
 use support::proc::Proc;
-use support::{eventually, free_port, http, Cluster, BERTH};
+use support::{eventually, free_port, http, Cluster, OpenRegistry, BERTH};
 
 fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
@@ -371,6 +371,108 @@ fn recovers_from_a_cut_event_stream_without_restart() {
     });
 }
 
+#[test]
+fn starts_without_docker_and_catches_up_when_it_appears() {
+    if !docker_ready() {
+        return;
+    }
+    let cluster = Cluster::start(1);
+    let img = Image::busybox();
+    let proxy = SocketProxy::start("/var/run/docker.sock");
+    proxy.cut(); // Docker is "down": nothing answers on the socket
+    let node = uniq("node");
+    let svc = uniq("late");
+    let env = format!("SERVICE_NAME={svc}");
+    let a = Container::run(&uniq("a"), &["-p", "80", "-e", &env, &img.tag]);
+    let key = key_of(&svc, &node, &a, 80);
+    let sock = proxy.path.to_string_lossy().to_string();
+    let mut reg = Proc::start(&s(&[
+        "registrator",
+        "--endpoints",
+        cluster.url(0),
+        "--hostname",
+        &node,
+        "--ip",
+        "127.0.0.1",
+        "--docker-socket",
+        &sock,
+    ]));
+    reg.wait_log("Docker unreachable", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(reg.running(), "the registrator gave up without Docker");
+    assert!(entry(&cluster, &key).is_none());
+    proxy.restore();
+    wait_until(
+        Duration::from_secs(20),
+        "registered once Docker answers",
+        || entry(&cluster, &key).is_some(),
+    );
+    // And it follows events from then on.
+    a.stop();
+    wait_until(Duration::from_secs(5), "withdrawn after stop", || {
+        entry(&cluster, &key).is_none()
+    });
+}
+
+#[test]
+fn deregister_on_success_keeps_the_entries_of_failed_containers() {
+    if !docker_ready() {
+        return;
+    }
+    let cluster = Cluster::start(1);
+    let img = Image::busybox();
+    let node = uniq("node");
+    let mut reg = registrator(&cluster, &node, &["--deregister", "on-success"]);
+    let svc = uniq("job");
+    let env = format!("SERVICE_NAME={svc}");
+    // Serve for a few seconds, then exit with the given code.
+    let job = |code: u8| {
+        let cmd = format!("httpd -f -p 80 -h /www & sleep 4; exit {code}");
+        Container::run(
+            &uniq("job"),
+            &["-p", "80", "-e", &env, &img.tag, "sh", "-c", &cmd],
+        )
+    };
+    let ok = job(0);
+    let failed = job(3);
+    let (k_ok, k_failed) = (
+        key_of(&svc, &node, &ok, 80),
+        key_of(&svc, &node, &failed, 80),
+    );
+    wait_until(Duration::from_secs(5), "both registered", || {
+        entry(&cluster, &k_ok).is_some() && entry(&cluster, &k_failed).is_some()
+    });
+    wait_until(Duration::from_secs(15), "both exited", || {
+        ok.inspect("{{.State.Status}}") == "exited"
+            && failed.inspect("{{.State.Status}}") == "exited"
+    });
+    assert_eq!(failed.inspect("{{.State.ExitCode}}"), "3");
+    wait_until(
+        Duration::from_secs(5),
+        "the clean exit deregistered",
+        || entry(&cluster, &k_ok).is_none(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        entry(&cluster, &k_failed).is_some(),
+        "a failed container's entry was removed under --deregister on-success"
+    );
+    // A restart's full reconciliation keeps it too.
+    reg.kill9();
+    let reg = registrator(&cluster, &node, &["--deregister", "on-success"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        entry(&cluster, &k_failed).is_some(),
+        "dropped by the reconciliation"
+    );
+    // Removing the container removes the entry.
+    drop(failed);
+    wait_until(Duration::from_secs(5), "removed with its container", || {
+        entry(&cluster, &k_failed).is_none()
+    });
+    drop(reg);
+}
+
 // ---------------------------------------------------------------------------
 // 4. healthchecks
 // ---------------------------------------------------------------------------
@@ -708,6 +810,71 @@ fn image_runs_the_registrator_and_a_sidekick_announcer() {
         || entry(&cluster, &reg_key).is_none(),
     );
     wait_until(Duration::from_secs(10), "sidekick container exited", || {
+        side.inspect("{{.State.Status}}") == "exited"
+    });
+    assert_eq!(side.inspect("{{.State.ExitCode}}"), "0");
+}
+
+#[test]
+fn sidekick_runs_in_the_main_containers_network_namespace() {
+    if !docker_ready() {
+        return;
+    }
+    // Containers reach this registry through the docker0 gateway.
+    let reg = OpenRegistry::start();
+    let img = Image::busybox();
+    let berth = BerthImage::build();
+    let web = Container::run(&uniq("web"), &[&img.tag]);
+    let web_ip = web.inspect("{{.NetworkSettings.IPAddress}}");
+    let gateway = web.inspect("{{.NetworkSettings.Gateway}}");
+    assert!(!gateway.is_empty(), "web has no gateway");
+    let key = format!("/services/website/{}", web.name);
+    // fleet's web-discovery unit as a container sharing web's network namespace: its check
+    // of 127.0.0.1:80 is web's own server, and nothing is published on the host.
+    let side = Container::run(
+        &uniq("side"),
+        &[
+            "--network",
+            &format!("container:{}", web.name),
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            &berth.tag,
+            "announce",
+            "--endpoints",
+            &format!("http://{gateway}:{}", reg.port),
+            "--bind-container",
+            &web.name,
+            "--key",
+            &key,
+            "--value",
+            &format!("{{\"host\":\"{web_ip}\",\"port\":80}}"),
+            "--ttl",
+            "4",
+            "--interval",
+            "1",
+            "--check",
+            "tcp://127.0.0.1:80",
+            "--check-interval",
+            "1",
+        ],
+    );
+    wait_until(
+        Duration::from_secs(15),
+        "announced from web's namespace",
+        || reg.node(&key).is_some(),
+    );
+    let value = reg.value(&key).unwrap();
+    assert_eq!(value["host"], web_ip.as_str());
+    // Refreshed past its TTL.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(reg.node(&key).is_some(), "not refreshed past its 4 s TTL");
+    web.stop();
+    // Deleted by the sidekick, or (if web's interface went first, taking the sidekick's
+    // route to the registry with it) expired by its TTL: either way gone within TTL + 1 s.
+    wait_until(Duration::from_secs(8), "withdrawn when web stops", || {
+        reg.node(&key).is_none()
+    });
+    wait_until(Duration::from_secs(10), "sidekick exited", || {
         side.inspect("{{.State.Status}}") == "exited"
     });
     assert_eq!(side.inspect("{{.State.ExitCode}}"), "0");

@@ -112,6 +112,12 @@ pub enum SecretError {
     Exists { kind: &'static str, name: String },
     #[error("{kind} {name} does not exist")]
     Missing { kind: &'static str, name: String },
+    #[error("{kind} {name} is used by volume(s) {volumes} (host/volume): remove them first with docker volume rm")]
+    InUse {
+        kind: &'static str,
+        name: String,
+        volumes: String,
+    },
     #[error("cluster key {path}: {detail}")]
     Key { path: PathBuf, detail: String },
     #[error("secret {name} cannot be decrypted with the cluster key {key}: it was encrypted with another key, or the stored value was altered")]

@@ -30,10 +30,6 @@
 //!
 //! - Port publishing (`-p`) and outbound NAT on berth networks: a container that needs
 //!   either also joins a bridge network, as with Swarm's overlays.
-//! - A plugin restart forgets which containers mount which volume: it unmounts its volumes
-//!   when it stops, and a later `Unmount` of such a volume just cleans up.
-//! - `berth secret rm` does not check whether a volume still refers to the secret (the next
-//!   mount of such a volume fails with "secret ... does not exist").
 //!
 //! # Registry key schema
 //!

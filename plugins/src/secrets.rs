@@ -365,9 +365,47 @@ pub async fn list(client: &Client, kind: Kind) -> Result<Vec<String>, SecretErro
     }
 }
 
-/// Removes a secret or config.
+/// The volumes (`<node>/<volume>`) whose definition names this secret or config.
+pub async fn users(client: &Client, kind: Kind, name: &str) -> Result<Vec<String>, SecretError> {
+    let opts = GetOptions {
+        recursive: true,
+        quorum: true,
+        ..Default::default()
+    };
+    let root = match client.get(crate::volume::VOLUMES_DIR, opts).await {
+        Ok(r) => r.node,
+        Err(e) if e.is_key_not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for node in root.nodes.iter().flat_map(|n| n.nodes.iter()) {
+        let Ok(spec) =
+            serde_json::from_str::<crate::volume::VolumeSpec>(node.value.as_deref().unwrap_or(""))
+        else {
+            continue;
+        };
+        if spec.files.iter().any(|f| f.kind == kind && f.name == name) {
+            let mut parts = node.key.rsplit('/');
+            let vol = parts.next().unwrap_or_default();
+            let host = parts.next().unwrap_or_default();
+            out.push(format!("{host}/{vol}"));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes a secret or config; refused while a volume's definition still names it (remove
+/// those volumes first, as Swarm refuses to remove a secret a service uses).
 pub async fn remove(client: &Client, kind: Kind, name: &str) -> Result<(), SecretError> {
     validate_name(kind, name)?;
+    let used_by = users(client, kind, name).await?;
+    if !used_by.is_empty() {
+        return Err(SecretError::InUse {
+            kind: kind.as_str(),
+            name: name.into(),
+            volumes: used_by.join(", "),
+        });
+    }
     match client
         .delete(&kind.key(name), DeleteOptions::default())
         .await

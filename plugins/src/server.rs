@@ -307,8 +307,8 @@ async fn respond(plugin: Arc<Plugin>, req: Request<Incoming>) -> Response<Full<B
         .expect("valid response")
 }
 
-/// Serves the plugin protocol on `listener` until `shutdown` is cancelled; then unmounts
-/// the volumes it mounted and removes the socket file.
+/// Serves the plugin protocol on `listener` until `shutdown` is cancelled; then removes the
+/// socket file (mounted volumes stay for their containers, see [`Volumes::keep_on_shutdown`]).
 pub async fn run(
     config: Config,
     listener: UnixListener,
@@ -381,7 +381,7 @@ pub async fn run(
         drop(listener);
         let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
         follow.abort();
-        plugin.volumes.unmount_all().await;
+        plugin.volumes.keep_on_shutdown().await;
         if let Some(p) = &socket {
             let _ = std::fs::remove_file(p);
         }

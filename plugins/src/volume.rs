@@ -15,6 +15,9 @@
 //! their mode and owner, and the tmpfs is remounted read-only. Later mounts (other container
 //! ids) share it. The last `Unmount` unmounts the tmpfs (its pages are freed; nothing was
 //! ever on disk) and removes the mount point. Mounting needs root (CAP_SYS_ADMIN).
+//! The users of each mounted volume are recorded in [`STATE_FILE`] under the volume root, and
+//! a stopping plugin leaves its volumes mounted: a restarted plugin carries on where the last
+//! one stopped. A secret or config that a volume definition names cannot be removed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
@@ -186,6 +189,60 @@ struct Mounted {
     ids: BTreeSet<String>,
 }
 
+/// The file under the volume root recording which containers use each mounted volume
+/// (`{"<volume>": ["<mount id>", ...]}`), rewritten on every change, so a restarted plugin
+/// still knows them and the last `Unmount` still wipes the volume.
+pub const STATE_FILE: &str = ".berth-mounts.json";
+
+/// The users recorded in the state file for volumes still mounted under `root`.
+fn restore(root: &Path) -> HashMap<String, Mounted> {
+    let path = root.join(STATE_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return HashMap::new();
+    };
+    let saved: BTreeMap<String, BTreeSet<String>> = match serde_json::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "ignoring an unreadable volume state file");
+            return HashMap::new();
+        }
+    };
+    let mut out = HashMap::new();
+    for (name, ids) in saved {
+        let mount = root.join(&name);
+        if validate_volume_name(&name).is_ok() && !ids.is_empty() && is_mountpoint(&mount) {
+            tracing::info!(volume = %name, users = ids.len(), "volume still mounted: users restored");
+            out.insert(name, Mounted { path: mount, ids });
+        }
+    }
+    out
+}
+
+/// Writes the state file (write to a temporary name, then rename); with nothing mounted,
+/// removes it, so an idle plugin leaves nothing under the volume root.
+fn save(root: &Path, mounts: &HashMap<String, Mounted>) {
+    if mounts.is_empty() {
+        match std::fs::remove_file(root.join(STATE_FILE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(root = %root.display(), error = %e, "cannot remove the volume state file")
+            }
+        }
+        return;
+    }
+    let state: BTreeMap<&String, &BTreeSet<String>> =
+        mounts.iter().map(|(k, m)| (k, &m.ids)).collect();
+    let text = serde_json::to_string(&state).expect("state serializes");
+    let tmp = root.join(format!("{STATE_FILE}.tmp"));
+    let result = std::fs::create_dir_all(root)
+        .and_then(|_| std::fs::write(&tmp, text))
+        .and_then(|_| std::fs::rename(&tmp, root.join(STATE_FILE)));
+    if let Err(e) = result {
+        tracing::warn!(root = %root.display(), error = %e, "cannot record volume users; a restart would forget them");
+    }
+}
+
 /// The volume driver.
 pub struct Volumes {
     client: Client,
@@ -197,12 +254,13 @@ pub struct Volumes {
 
 impl Volumes {
     pub fn new(client: Client, node: String, root: PathBuf, key_file: PathBuf) -> Volumes {
+        let mounts = Mutex::new(restore(&root));
         Volumes {
             client,
             node,
             root,
             key_file,
-            mounts: Mutex::new(HashMap::new()),
+            mounts,
         }
     }
 
@@ -299,9 +357,9 @@ impl Volumes {
         let mut mounts = self.mounts.lock().await;
         if let Some(m) = mounts.get_mut(&req.name) {
             m.ids.insert(req.id.clone());
-            return Ok(MountpointResponse {
-                mountpoint: m.path.display().to_string(),
-            });
+            let mountpoint = m.path.display().to_string();
+            save(&self.root, &mounts);
+            return Ok(MountpointResponse { mountpoint });
         }
         // Read everything first: a missing secret or a wrong key changes nothing on disk.
         let key = if spec.files.iter().any(|f| f.kind == Kind::Secret) {
@@ -323,6 +381,7 @@ impl Volumes {
                 ids: BTreeSet::from([req.id.clone()]),
             },
         );
+        save(&self.root, &mounts);
         Ok(MountpointResponse {
             mountpoint: path.display().to_string(),
         })
@@ -342,10 +401,12 @@ impl Volumes {
         };
         m.ids.remove(&req.id);
         if !m.ids.is_empty() {
+            save(&self.root, &mounts);
             return Ok(());
         }
         let path = m.path.clone();
         mounts.remove(&req.name);
+        save(&self.root, &mounts);
         teardown(&path)?;
         tracing::info!(volume = %req.name, "volume unmounted and wiped");
         Ok(())
@@ -433,13 +494,16 @@ impl Volumes {
         Ok(ListVolumesResponse { volumes })
     }
 
-    /// Unmounts everything this driver mounted (on shutdown).
-    pub async fn unmount_all(&self) {
-        let mut mounts = self.mounts.lock().await;
-        for (name, m) in mounts.drain() {
-            if let Err(e) = teardown(&m.path) {
-                tracing::warn!(volume = %name, "cannot unmount on shutdown: {e}");
-            }
+    /// On shutdown: volumes stay mounted for the containers using them (their users are in
+    /// the state file, so the next plugin wipes each at its last `Unmount`).
+    pub async fn keep_on_shutdown(&self) {
+        let mounts = self.mounts.lock().await;
+        save(&self.root, &mounts);
+        if !mounts.is_empty() {
+            tracing::info!(
+                volumes = mounts.len(),
+                "volumes stay mounted for their containers"
+            );
         }
     }
 }

@@ -413,7 +413,7 @@ fn secret_and_volume_bad_input_changes_nothing() {
     }
     assert!(h.children("/_berth/volumes/test-node").is_empty());
 
-    // A secret removed after the volume was created: Mount fails, nothing is mounted.
+    // A secret a volume names is not removed by `berth secret rm` ...
     h.rt.block_on(secrets::create_secret(c, &key, "gone", b"x"))
         .unwrap();
     let (st, resp) = h.call(
@@ -422,7 +422,15 @@ fn secret_and_volume_bad_input_changes_nothing() {
         r#"{"Name":"v","Opts":{"secret":"gone"}}"#,
     );
     assert_eq!((st, resp), (200, json!({})));
-    h.rt.block_on(secrets::remove(c, Kind::Secret, "gone"))
+    let e =
+        h.rt.block_on(secrets::remove(c, Kind::Secret, "gone"))
+            .unwrap_err();
+    assert!(
+        e.to_string().contains("used by volume(s) test-node/v"),
+        "{e}"
+    );
+    // ... but deleted behind berth's back (etcdctl rm): Mount fails, nothing is mounted.
+    h.rt.block_on(c.delete("/_berth/secrets/gone", Default::default()))
         .unwrap();
     let (st, resp) = h.call(&s, "/VolumeDriver.Mount", r#"{"Name":"v","ID":"c1"}"#);
     assert_eq!(st, 500);
@@ -453,14 +461,14 @@ fn secret_and_volume_bad_input_changes_nothing() {
 }
 
 #[test]
-fn mount_unmount_shares_one_tmpfs_and_wipes_it() {
+fn mount_unmount_shares_one_tmpfs_survives_a_restart_and_wipes_it() {
     // Needs root for mount(2); the suite runs as root in CI.
     if unsafe { libc::geteuid() } != 0 {
         assert!(!support::in_ci(), "mount tests need root in CI");
         eprintln!("skipping: not root");
         return;
     }
-    let (h, s) = start();
+    let (mut h, s) = start();
     let (key, _) = ClusterKey::load_or_create(&h.key_file()).unwrap();
     h.rt.block_on(secrets::create_secret(&h.client, &key, "pw", b"hunter2"))
         .unwrap();
@@ -503,6 +511,28 @@ fn mount_unmount_shares_one_tmpfs_and_wipes_it() {
         got["Volume"]["Status"]["files"],
         json!(["secret:pw -> pw (0400 7:0)"])
     );
+    // A secret a volume names cannot be removed.
+    let e =
+        h.rt.block_on(secrets::remove(&h.client, Kind::Secret, "pw"))
+            .unwrap_err();
+    assert!(
+        e.to_string().contains("used by volume(s) test-node/v"),
+        "{e}"
+    );
+    assert!(h.raw("/_berth/secrets/pw").is_some());
+
+    // A plugin restart keeps the volume mounted for its users and remembers them.
+    let args = h.args(&s);
+    h.stop_plugins();
+    assert_eq!(
+        std::fs::read(mp.join("pw")).unwrap(),
+        b"hunter2",
+        "still mounted"
+    );
+    h.plugin(&args);
+    let (st, resp) = h.call(&s, "/VolumeDriver.Remove", r#"{"Name":"v"}"#);
+    assert_eq!(st, 500, "users forgotten across the restart: {resp}");
+    assert!(resp["Err"].as_str().unwrap().contains("c1,c2"), "{resp}");
     assert_eq!(
         h.call(&s, "/VolumeDriver.Unmount", r#"{"Name":"v","ID":"c1"}"#)
             .0,
@@ -522,4 +552,8 @@ fn mount_unmount_shares_one_tmpfs_and_wipes_it() {
         (200, json!({}))
     );
     assert!(h.children("/_berth/volumes/test-node").is_empty());
+    // Unused now: removable.
+    h.rt.block_on(secrets::remove(&h.client, Kind::Secret, "pw"))
+        .unwrap();
+    assert!(h.raw("/_berth/secrets/pw").is_none());
 }

@@ -6,10 +6,12 @@ pub mod cluster;
 pub mod docker;
 pub mod etcd;
 pub mod http;
+pub mod open_registry;
 pub mod proc;
 
 pub use cluster::{Cluster, MemberProc};
 pub use etcd::Etcd;
+pub use open_registry::OpenRegistry;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

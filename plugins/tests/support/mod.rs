@@ -96,6 +96,21 @@ impl Harness {
         self.plugins.push((stop, task));
     }
 
+    /// Stops every plugin started so far (as on SIGTERM) and waits for them.
+    pub fn stop_plugins(&mut self) {
+        let plugins = std::mem::take(&mut self.plugins);
+        self.rt.block_on(async move {
+            for (stop, task) in plugins {
+                stop.cancel();
+                let r = tokio::time::timeout(Duration::from_secs(10), task).await;
+                assert!(
+                    matches!(r, Ok(Ok(Ok(())))),
+                    "plugin did not stop cleanly: {r:?}"
+                );
+            }
+        });
+    }
+
     /// POSTs `body` to `path` on the plugin socket; returns status and JSON body.
     pub fn call(&self, socket: &Path, path: &str, body: &str) -> (u16, serde_json::Value) {
         self.rt
