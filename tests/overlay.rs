@@ -18,15 +18,7 @@ use std::time::Duration;
 
 use support::docker::{build_busybox, docker, docker_out, docker_ready, uniq, Container, Image};
 use support::proc::Proc;
-use support::{eventually, in_ci, OpenRegistry};
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
+use support::{eventually, in_ci, is_root, OpenRegistry};
 
 fn ready() -> bool {
     if !docker_ready() {
@@ -67,18 +59,43 @@ fn run_quiet(cmd: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
-/// `berth plugin` as `driver` (its socket `<dir>/<driver>.sock`), optionally inside a
-/// network namespace.
-fn plugin(
-    registry: &str,
-    driver: &str,
-    node: &str,
-    vtep: Option<&str>,
-    docker_sock: &str,
-    socket_dir: &Path,
-    state: &Path,
-    netns: Option<&str>,
-) -> Proc {
+/// Where and as what a `berth plugin` runs.
+struct PluginHost<'a> {
+    registry: String,
+    node: &'a str,
+    vtep: Option<&'a str>,
+    docker_sock: String,
+    /// Directory of the plugin's socket (where that host's dockerd looks for plugins).
+    socket_dir: PathBuf,
+    /// Network namespace to run in (None: this one).
+    netns: Option<&'a str>,
+}
+
+impl PluginHost<'_> {
+    /// This host: the machine's Docker, /run/docker/plugins.
+    fn local<'a>(registry: String, node: &'a str, vtep: Option<&'a str>) -> PluginHost<'a> {
+        PluginHost {
+            registry,
+            node,
+            vtep,
+            docker_sock: "unix:///var/run/docker.sock".into(),
+            socket_dir: PathBuf::from("/run/docker/plugins"),
+            netns: None,
+        }
+    }
+}
+
+/// `berth plugin` as `driver` (its socket `<socket_dir>/<driver>.sock`) on `host`, its
+/// volumes and key under `state`.
+fn plugin(host: &PluginHost, driver: &str, state: &Path) -> Proc {
+    let (registry, node, vtep, docker_sock, socket_dir, netns) = (
+        host.registry.as_str(),
+        host.node,
+        host.vtep,
+        host.docker_sock.as_str(),
+        host.socket_dir.as_path(),
+        host.netns,
+    );
     let socket = socket_dir.join(format!("{driver}.sock"));
     let mut args = vec![
         "plugin".to_string(),
@@ -131,6 +148,21 @@ impl Drop for NetGuard {
     }
 }
 
+/// `docker network create -d DRIVER --ipam-driver DRIVER --subnet SUBNET NAME` on this host.
+fn create_network(driver: &str, subnet: &str, name: &str) {
+    docker(&[
+        "network",
+        "create",
+        "-d",
+        driver,
+        "--ipam-driver",
+        driver,
+        "--subnet",
+        subnet,
+        name,
+    ]);
+}
+
 fn ip_link(name: &str) -> Option<String> {
     let o = Command::new("ip")
         .args(["-d", "link", "show", name])
@@ -168,30 +200,15 @@ fn one_host_two_containers_reach_each_other_and_removal_releases_everything() {
     let state = tempfile::tempdir().unwrap();
     let driver = format!("berth-ov{}", std::process::id());
     let _p = plugin(
-        &reg.url(),
+        &PluginHost::local(reg.url(), "host-a", None),
         &driver,
-        "host-a",
-        None,
-        "unix:///var/run/docker.sock",
-        Path::new("/run/docker/plugins"),
         state.path(),
-        None,
     );
     let image = Image::busybox();
     let name = uniq("ov-one");
     let subnet = "10.95.0.0/24";
     let net = "10.95.0.0-24";
-    docker(&[
-        "network",
-        "create",
-        "-d",
-        &driver,
-        "--ipam-driver",
-        &driver,
-        "--subnet",
-        subnet,
-        &name,
-    ]);
+    create_network(&driver, subnet, &name);
     let _net_guard = NetGuard {
         host: vec![],
         name: name.clone(),
@@ -455,25 +472,19 @@ fn two_hosts_share_a_network_and_reach_each_other_over_vxlan() {
     let state = tempfile::tempdir().unwrap();
     let driver = format!("berth-tw{}", std::process::id());
     let _pa = plugin(
-        &reg.url(),
+        &PluginHost::local(reg.url(), "host-a", Some(ip_a)),
         &driver,
-        "host-a",
-        Some(ip_a),
-        "unix:///var/run/docker.sock",
-        Path::new("/run/docker/plugins"),
         state.path(),
-        None,
     );
-    let mut pb = plugin(
-        &format!("http://{ip_a}:{}", reg.port),
-        &driver,
-        "host-b",
-        Some(ip_b),
-        &b.docker_sock(),
-        &b.socket_dir(),
-        state.path(),
-        Some(&b.ns),
-    );
+    let host_b = PluginHost {
+        registry: format!("http://{ip_a}:{}", reg.port),
+        node: "host-b",
+        vtep: Some(ip_b),
+        docker_sock: b.docker_sock(),
+        socket_dir: b.socket_dir(),
+        netns: Some(&b.ns),
+    };
+    let mut pb = plugin(&host_b, &driver, state.path());
     assert_eq!(reg.node("/_berth/vteps/host-a").unwrap()["value"], ip_a);
     let vtep_b = eventually(Duration::from_secs(10), || {
         reg.node("/_berth/vteps/host-b").map(|n| n["value"].clone())
@@ -487,17 +498,7 @@ fn two_hosts_share_a_network_and_reach_each_other_over_vxlan() {
     // Created once, on A ...
     let name = uniq("ov-two");
     let (subnet, net) = ("10.96.0.0/24", "10.96.0.0-24");
-    docker(&[
-        "network",
-        "create",
-        "-d",
-        &driver,
-        "--ipam-driver",
-        &driver,
-        "--subnet",
-        subnet,
-        &name,
-    ]);
+    create_network(&driver, subnet, &name);
     let _guard_a = NetGuard {
         host: vec![],
         name: name.clone(),

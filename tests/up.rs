@@ -8,17 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::proc::Proc;
-use support::{eventually, free_port, http, require_tool};
+use support::{eventually, free_port, http, is_root, require_tool};
 
 const ECHO: &str = env!("CARGO_BIN_EXE_berth-echo");
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
 
 fn free_udp_and_tcp_port() -> u16 {
     loop {

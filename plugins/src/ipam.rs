@@ -463,27 +463,18 @@ impl Ipam {
 
     /// Addresses reserved in the registry for a pool.
     async fn list_taken(&self, pool_id: &str) -> Result<BTreeSet<u32>, IpamError> {
-        match self
+        let quorum = GetOptions {
+            quorum: true,
+            ..Default::default()
+        };
+        Ok(self
             .client
-            .get(
-                &format!("{ADDRS_DIR}/{pool_id}"),
-                GetOptions {
-                    quorum: true,
-                    ..Default::default()
-                },
-            )
-            .await
-        {
-            Ok(r) => Ok(r
-                .node
-                .nodes
-                .iter()
-                .filter_map(|n| n.key.rsplit('/').next()?.parse::<Ipv4Addr>().ok())
-                .map(u32::from)
-                .collect()),
-            Err(e) if e.is_key_not_found() => Ok(BTreeSet::new()),
-            Err(e) => Err(e.into()),
-        }
+            .children(&format!("{ADDRS_DIR}/{pool_id}"), quorum)
+            .await?
+            .iter()
+            .filter_map(|n| n.key.rsplit('/').next()?.parse::<Ipv4Addr>().ok())
+            .map(u32::from)
+            .collect())
     }
 
     async fn claim(&self, pool_id: &str, ip: Ipv4Addr, gateway: bool) -> Result<(), ClientError> {

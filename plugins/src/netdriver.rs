@@ -154,26 +154,17 @@ impl Networks {
 
     async fn claim_vni(&self, net: &str, requested: Option<u32>) -> Result<u32, NetworkError> {
         for _ in 0..64 {
-            let taken: BTreeSet<u32> = match self
-                .client
-                .get(
-                    VNIS_DIR,
-                    GetOptions {
-                        quorum: true,
-                        ..Default::default()
-                    },
-                )
-                .await
-            {
-                Ok(r) => r
-                    .node
-                    .nodes
-                    .iter()
-                    .filter_map(|n| last_segment(&n.key).parse().ok())
-                    .collect(),
-                Err(e) if e.is_key_not_found() => BTreeSet::new(),
-                Err(e) => return Err(e.into()),
+            let quorum = GetOptions {
+                quorum: true,
+                ..Default::default()
             };
+            let taken: BTreeSet<u32> = self
+                .client
+                .children(VNIS_DIR, quorum)
+                .await?
+                .iter()
+                .filter_map(|n| last_segment(&n.key).parse().ok())
+                .collect();
             let vni = choose_vni(&taken, requested)?;
             let opts = SetOptions {
                 prev_exist: Some(false),
@@ -343,26 +334,17 @@ impl Networks {
     }
 
     async fn endpoints_of(&self, net: &str) -> Result<Vec<(String, EndpointRecord)>, NetworkError> {
-        match self
+        let quorum = GetOptions {
+            quorum: true,
+            ..Default::default()
+        };
+        Ok(self
             .client
-            .get(
-                &format!("{ENDPOINTS_DIR}/{net}"),
-                GetOptions {
-                    quorum: true,
-                    ..Default::default()
-                },
-            )
-            .await
-        {
-            Ok(r) => Ok(r
-                .node
-                .nodes
-                .iter()
-                .filter_map(|n| Some((last_segment(&n.key).to_string(), parse_record(n).ok()?)))
-                .collect()),
-            Err(e) if e.is_key_not_found() => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
-        }
+            .children(&format!("{ENDPOINTS_DIR}/{net}"), quorum)
+            .await?
+            .iter()
+            .filter_map(|n| Some((last_segment(&n.key).to_string(), parse_record(n).ok()?)))
+            .collect())
     }
 
     /// `CreateEndpoint`: records the endpoint (address, MAC, this host's VTEP). The MAC is
@@ -556,11 +538,7 @@ impl Networks {
             quorum: true,
             ..Default::default()
         };
-        match self.client.get(dir, opts).await {
-            Ok(r) => Ok(r.node.nodes),
-            Err(e) if e.is_key_not_found() => Ok(Vec::new()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.client.children(dir, opts).await?)
     }
 
     /// One full pass: remote entries on every local VXLAN device, then Docker.

@@ -352,17 +352,13 @@ pub async fn list(client: &Client, kind: Kind) -> Result<Vec<String>, SecretErro
         quorum: true,
         ..Default::default()
     };
-    match client.get(kind.dir(), opts).await {
-        Ok(r) => Ok(r
-            .node
-            .nodes
-            .iter()
-            .filter(|n| !n.dir)
-            .filter_map(|n| n.key.rsplit('/').next().map(str::to_string))
-            .collect()),
-        Err(e) if e.is_key_not_found() => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(client
+        .children(kind.dir(), opts)
+        .await?
+        .iter()
+        .filter(|n| !n.dir)
+        .filter_map(|n| n.key.rsplit('/').next().map(str::to_string))
+        .collect())
 }
 
 /// The volumes (`<node>/<volume>`) whose definition names this secret or config.
@@ -372,13 +368,9 @@ pub async fn users(client: &Client, kind: Kind, name: &str) -> Result<Vec<String
         quorum: true,
         ..Default::default()
     };
-    let root = match client.get(crate::volume::VOLUMES_DIR, opts).await {
-        Ok(r) => r.node,
-        Err(e) if e.is_key_not_found() => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
+    let hosts = client.children(crate::volume::VOLUMES_DIR, opts).await?;
     let mut out = Vec::new();
-    for node in root.nodes.iter().flat_map(|n| n.nodes.iter()) {
+    for node in hosts.iter().flat_map(|n| n.nodes.iter()) {
         let Ok(spec) =
             serde_json::from_str::<crate::volume::VolumeSpec>(node.value.as_deref().unwrap_or(""))
         else {

@@ -467,26 +467,17 @@ impl Volumes {
     /// `List`: this node's volumes.
     pub async fn list(&self) -> Result<ListVolumesResponse, VolumeError> {
         let dir = format!("{VOLUMES_DIR}/{}", self.node);
-        let names: Vec<String> = match self
-            .client
-            .get(
-                &dir,
-                GetOptions {
-                    sorted: true,
-                    ..Default::default()
-                },
-            )
-            .await
-        {
-            Ok(r) => r
-                .node
-                .nodes
-                .iter()
-                .filter_map(|n| n.key.rsplit('/').next().map(str::to_string))
-                .collect(),
-            Err(e) if e.is_key_not_found() => Vec::new(),
-            Err(e) => return Err(e.into()),
+        let sorted = GetOptions {
+            sorted: true,
+            ..Default::default()
         };
+        let names: Vec<String> = self
+            .client
+            .children(&dir, sorted)
+            .await?
+            .iter()
+            .filter_map(|n| n.key.rsplit('/').next().map(str::to_string))
+            .collect();
         let mut volumes = Vec::new();
         for n in names {
             volumes.push(self.info(&n, None).await);

@@ -416,6 +416,16 @@ impl Client {
         parse_keys(raw)
     }
 
+    /// The children of directory `dir` (with `opts.recursive`, each with its own
+    /// children); a directory that does not exist has none.
+    pub async fn children(&self, dir: &str, opts: GetOptions) -> Result<Vec<Node>, ClientError> {
+        match self.get(dir, opts).await {
+            Ok(r) => Ok(r.node.nodes),
+            Err(e) if e.is_key_not_found() => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `PUT /v2/keys/<key>`: set a value, or create/update a directory.
     pub async fn set(
         &self,

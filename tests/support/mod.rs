@@ -50,6 +50,15 @@ macro_rules! assert_eventually {
     }};
 }
 
+/// Whether the tests run as root (netlink, namespaces, mounts).
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
 /// Whether the suite runs in CI, where a missing tool is a failure, never a skip.
 pub fn in_ci() -> bool {
     std::env::var("CI")
