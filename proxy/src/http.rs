@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,6 +23,7 @@ use tracing::Instrument;
 use crate::balance::{now_ms, pick, InFlight};
 use crate::config::Config;
 use crate::metrics::ServiceMetrics;
+use crate::pool::{ConnPool, ConnectError, PooledBody};
 use crate::server::State;
 
 /// Boxed errors of bodies passing through.
@@ -192,14 +194,14 @@ pub async fn handle(
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let retryable = bodiless(req.headers()) && !upgrade;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let outcome = Outcome::new(config, peer, &parts.method, parts.uri.path(), &host, start);
     let mut body = Some(match config.max_body {
         Some(max) => Limited::new(body, max as usize).boxed(),
         None => body.map_err(|e| Box::new(e) as BoxError).boxed(),
     });
 
-    let mut headers = parts.headers.clone();
+    let mut headers = std::mem::take(&mut parts.headers);
     let upgrade_proto = headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut headers);
     if let Some(p) = upgrade_proto {
@@ -229,11 +231,18 @@ pub async fn handle(
     if let Ok(v) = HeaderValue::from_str(&client_ip) {
         headers.insert("x-real-ip", v);
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // Instances get the request target in origin form (h2 and absolute-form requests
+    // carry scheme and authority in the URI; the Host header has the authority).
+    let target: Uri = if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .map(Uri::from)
+            .unwrap_or_else(|| Uri::from_static("/"))
+    } else {
+        parts.uri.clone()
+    };
 
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error = String::new();
@@ -246,22 +255,13 @@ pub async fn handle(
         if attempt > 0 {
             pool.metrics.retries.fetch_add(1, Ordering::Relaxed);
         }
-        let uri: Uri = match format!("http://{}{}", backend.addr, path_and_query).parse() {
-            Ok(u) => u,
-            Err(_) => {
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    "request target cannot be forwarded",
-                )
-            }
-        };
         let mut up = Request::new(if retryable {
             empty()
         } else {
             body.take().unwrap_or_else(empty)
         });
         *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
+        *up.uri_mut() = target.clone();
         *up.version_mut() = Version::HTTP_11;
         *up.headers_mut() = if attempt + 1 == attempts {
             std::mem::take(&mut headers)
@@ -269,9 +269,11 @@ pub async fn handle(
             headers.clone()
         };
         let _in_flight = InFlight::new(&backend.upstream);
-        let sent = tokio::time::timeout(config.response_timeout, state.client.request(up)).await;
+        let sent =
+            tokio::time::timeout(config.response_timeout, send(&state.pool, backend.addr, up))
+                .await;
         match sent {
-            Ok(Ok(mut resp)) => {
+            Ok(Ok((mut resp, sender))) => {
                 backend.upstream.succeed();
                 let status = resp.status();
                 outcome.record(Some(&pool.metrics), status, &pool.service, &backend.id);
@@ -301,18 +303,21 @@ pub async fn handle(
                 }
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
-                return Response::from_parts(rp, rb.map_err(|e| Box::new(e) as BoxError).boxed());
+                let body = PooledBody::new(rb, state.pool.clone(), backend.addr, sender);
+                return Response::from_parts(rp, body.boxed());
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(SendError::Connect(e))) => {
                 let d = backend.upstream.fail(now_ms(), config.eject);
                 tracing::warn!(service = %pool.service, instance = %backend.addr, error = %e, eject_ms = d.as_millis() as u64, "connect failed; instance ejected");
-                last_error = format!("cannot connect to {} ({})", backend.addr, source_text(&e));
+                last_error = format!("cannot connect to {} ({e})", backend.addr);
                 continue;
             }
             // The instance accepted the connection and closed it without a byte of answer
             // (e.g. Docker's port proxy in front of a container whose server is not up yet):
             // an idempotent request without a body is safe to send to another instance.
-            Ok(Err(e)) if retryable && idempotent(&parts.method) && nothing_received(&e) => {
+            Ok(Err(SendError::Http(e)))
+                if retryable && idempotent(&parts.method) && nothing_received(&e) =>
+            {
                 let d = backend.upstream.fail(now_ms(), config.eject);
                 tracing::warn!(service = %pool.service, instance = %backend.addr, error = %e, eject_ms = d.as_millis() as u64, "instance closed the connection without answering; instance ejected");
                 last_error = format!(
@@ -321,7 +326,7 @@ pub async fn handle(
                 );
                 continue;
             }
-            Ok(Err(e)) => {
+            Ok(Err(SendError::Http(e))) => {
                 let status = if body_too_large(&e) {
                     StatusCode::PAYLOAD_TOO_LARGE
                 } else {
@@ -367,6 +372,40 @@ pub async fn handle(
     reply(status, &why)
 }
 
+/// Why a request got no response from an instance.
+enum SendError {
+    /// No connection (refused, unreachable, timed out): nothing was sent.
+    Connect(ConnectError),
+    /// The exchange failed on an open connection.
+    Http(hyper::Error),
+}
+
+/// Sends `req` to `addr` on a pooled connection. A pooled connection that turns out to be
+/// closed before the request left (the instance closed it while idle) is replaced by a new
+/// one, and the request sent there.
+async fn send(
+    pool: &ConnPool,
+    addr: SocketAddr,
+    req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, SendRequest<ProxyBody>), SendError> {
+    let mut conn = pool.checkout(addr).await.map_err(SendError::Connect)?;
+    match conn.sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, conn.sender)),
+        Err(mut e) => match e.take_message() {
+            Some(req) if conn.reused => {
+                let mut fresh = pool.connect(addr).await.map_err(SendError::Connect)?;
+                let resp = fresh
+                    .sender
+                    .send_request(req)
+                    .await
+                    .map_err(SendError::Http)?;
+                Ok((resp, fresh.sender))
+            }
+            _ => Err(SendError::Http(e.into_error())),
+        },
+    }
+}
+
 /// Methods RFC 9110 calls idempotent: safe to send again when no answer came back.
 fn idempotent(m: &hyper::Method) -> bool {
     use hyper::Method;
@@ -377,7 +416,10 @@ fn idempotent(m: &hyper::Method) -> bool {
 }
 
 /// Whether the instance closed the connection (or reset it) before any response byte.
-fn nothing_received(e: &hyper_util::client::legacy::Error) -> bool {
+fn nothing_received(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
@@ -398,7 +440,7 @@ fn nothing_received(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-fn body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
+fn body_too_large(e: &hyper::Error) -> bool {
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
         if s.is::<http_body_util::LengthLimitError>() {
@@ -409,7 +451,7 @@ fn body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-fn source_text(e: &hyper_util::client::legacy::Error) -> String {
+fn source_text(e: &hyper::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(x) = src {

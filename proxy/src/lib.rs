@@ -16,6 +16,7 @@
 //! | [`balance`] | pure: round-robin / least-connections, passive health (ejection) |
 //! | [`metrics`] | counters and the Prometheus text |
 //! | [`http`] | the L7 request path: forward, retry, upgrade, error replies (I/O) |
+//! | [`pool`] | keep-alive HTTP/1.1 connections to instances, returned when a body ends (I/O) |
 //! | [`tls`] | the HTTPS listener (rustls, ALPN h2/http1.1) |
 //! | [`l4`] | VIP listeners and TCP splicing (I/O) |
 //! | [`vipnet`] | VIP addresses on the dummy interface `berth0`, by netlink (I/O) |
@@ -30,6 +31,7 @@ pub mod error;
 pub mod http;
 pub mod l4;
 pub mod metrics;
+pub mod pool;
 pub mod server;
 pub mod table;
 pub mod tls;

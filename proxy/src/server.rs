@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::http::{upstream_client, ProxyBody, UpstreamClient};
 use crate::l4::Listeners;
 use crate::metrics::Metrics;
+use crate::pool::ConnPool;
 use crate::table::Table;
 
 /// Everything the request handlers share.
@@ -33,7 +34,10 @@ pub struct State {
     pub catalog: Arc<Shared>,
     pub metrics: Metrics,
     upstreams: Mutex<Upstreams>,
+    /// For active health checks.
     pub client: UpstreamClient,
+    /// Keep-alive connections for forwarded requests.
+    pub pool: Arc<ConnPool>,
     vip_addrs: Mutex<Vec<SocketAddr>>,
 }
 
@@ -42,6 +46,7 @@ impl State {
     pub fn new(config: Config) -> State {
         State {
             client: upstream_client(&config),
+            pool: ConnPool::new(config.connect_timeout),
             config,
             table: RwLock::new(Arc::new(Table::default())),
             catalog: Arc::new(Shared::default()),
