@@ -168,6 +168,8 @@ pub enum NetworkError {
     Registry(#[from] ClientError),
     #[error("netlink: {0}")]
     Netlink(String),
+    #[error("docker: {0}")]
+    Docker(String),
     #[error("missing NetworkID")]
     MissingNetworkId,
     #[error("missing EndpointID")]

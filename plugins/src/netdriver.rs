@@ -621,7 +621,7 @@ impl Networks {
         records: &BTreeMap<String, NetworkRecord>,
         warned: &mut BTreeSet<String>,
     ) -> Result<(), NetworkError> {
-        let docker_err = |e: bollard::errors::Error| NetworkError::Netlink(format!("docker: {e}"));
+        let docker_err = |e: bollard::errors::Error| NetworkError::Docker(e.to_string());
         let listed = docker.list_networks(None).await.map_err(docker_err)?;
         // Local berth networks by registry network.
         let mut local: BTreeMap<String, (String, String)> = BTreeMap::new();
