@@ -628,6 +628,74 @@ fn registry_changes_are_visible_within_100ms() {
     assert_eq!((vip.0, vip.1.len()), (0, 1), "{vip:?}");
 }
 
+/// The UDP answer cache: the same question asked with other ids (and many times, by every
+/// UDP thread) gets byte-identical answers but for the id; a question differing only in the
+/// case of its name gets that case back; a change made in the registry shows in the very
+/// next answers from every thread.
+#[test]
+fn repeated_questions_get_their_own_id_and_follow_changes() {
+    let cluster = Cluster::start(1);
+    put(&cluster, "/services/web/a", &instance("10.0.0.1", 80, None));
+    let d = Dns::start(
+        &cluster.endpoints(),
+        cluster.dir.path(),
+        "dns",
+        &["--udp-threads", "3"],
+    );
+    let a = d.addr();
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    assert_eventually!(
+        Duration::from_secs(5),
+        query_a(a, "tasks.web.berth").is_some_and(|r| r.1 == [ip("10.0.0.1")]),
+        "initial state"
+    );
+    let first = udp_exchange(
+        a,
+        &query_packet(1, "tasks.web.berth", 1),
+        Duration::from_secs(1),
+    )
+    .expect("an answer");
+    for id in 2..200u16 {
+        let r = udp_exchange(
+            a,
+            &query_packet(id, "tasks.web.berth", 1),
+            Duration::from_secs(1),
+        )
+        .expect("an answer");
+        assert_eq!(r[..2], id.to_be_bytes(), "id not echoed");
+        assert_eq!(
+            r[2..],
+            first[2..],
+            "answer to id {id} differs from the first"
+        );
+    }
+    // Name case is echoed, also once the lower-case question is cached.
+    let r = udp_exchange(
+        a,
+        &query_packet(7, "TASKS.Web.berth", 1),
+        Duration::from_secs(1),
+    )
+    .expect("an answer");
+    assert_eq!(&r[13..18], b"TASKS", "question case not echoed");
+    assert_eq!(&r[19..22], b"Web", "question case not echoed");
+    assert_eq!(parse_a(&r).unwrap().1, [ip("10.0.0.1")]);
+
+    // A change: the next answers (whichever thread takes them) are the new ones.
+    put(&cluster, "/services/web/b", &instance("10.0.0.2", 80, None));
+    let r = visible_within(a, "tasks.web.berth", Duration::from_millis(100), |r| {
+        r.1.len() == 2
+    });
+    assert!(r.is_ok(), "added instance not visible within 100 ms: {r:?}");
+    for _ in 0..50 {
+        let r = query_a(a, "tasks.web.berth").expect("an answer");
+        assert_eq!(
+            r.1,
+            [ip("10.0.0.1"), ip("10.0.0.2")],
+            "a stale answer after the change"
+        );
+    }
+}
+
 #[test]
 fn two_servers_agree_on_every_vip() {
     let cluster = Cluster::start(1);

@@ -45,6 +45,9 @@ pub struct Args {
     /// Networks allowed to query, comma-separated CIDRs; others get REFUSED.
     #[arg(long, env = "BERTH_DNS_ALLOW", default_value = DEFAULT_ALLOW)]
     pub allow: String,
+    /// Threads answering UDP; 0: one per CPU core, at most 4.
+    #[arg(long, env = "BERTH_DNS_UDP_THREADS", default_value_t = 0)]
+    pub udp_threads: usize,
 }
 
 impl Args {
@@ -60,6 +63,7 @@ impl Args {
             upstream: None,
             no_recursion: false,
             allow: DEFAULT_ALLOW.into(),
+            udp_threads: 0,
         }
     }
 
@@ -73,6 +77,13 @@ impl Args {
         }
         let vip_range: VipRange = self.vip_range.parse()?;
         let allow = parse_allow(&self.allow)?;
+        if self.udp_threads > MAX_UDP_THREADS {
+            return Err(ConfigError::UdpThreads(self.udp_threads));
+        }
+        let udp_threads = match self.udp_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            n => n,
+        };
         let upstreams = if self.no_recursion {
             Vec::new()
         } else {
@@ -98,6 +109,7 @@ impl Args {
             recursion: !self.no_recursion,
             allow,
             upstream_timeout: Duration::from_millis(1500),
+            udp_threads,
         })
     }
 }
@@ -120,7 +132,12 @@ pub struct Config {
     pub allow: Vec<IpNet>,
     /// How long to wait for one upstream before trying the next.
     pub upstream_timeout: Duration,
+    /// Threads answering UDP (at least 1).
+    pub udp_threads: usize,
 }
+
+/// Most `--udp-threads`.
+pub const MAX_UDP_THREADS: usize = 64;
 
 /// Normalises a zone name: lower case, trailing dot, DNS-safe labels.
 pub fn parse_domain(s: &str) -> Result<String, ConfigError> {
@@ -243,8 +260,17 @@ mod tests {
         let c = a.config().unwrap();
         assert_eq!(c.upstreams, vec!["127.0.0.1:53".parse().unwrap()]);
         assert!(c.recursion);
+        assert!((1..=4).contains(&c.udp_threads), "{}", c.udp_threads);
         a.no_recursion = true;
         assert!(a.config().unwrap().upstreams.is_empty());
+        a.udp_threads = 3;
+        assert_eq!(a.config().unwrap().udp_threads, 3);
+        a.udp_threads = 65;
+        assert_eq!(
+            a.config().unwrap_err().to_string(),
+            "--udp-threads 65: must be at most 64 (0 picks one per CPU core)"
+        );
+        a.udp_threads = 0;
         a.vip_range = "x".into();
         assert!(a.config().is_err());
     }

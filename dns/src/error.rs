@@ -17,6 +17,8 @@ pub enum ConfigError {
     Allow(String),
     #[error("--ttl {0}: must be at most 2147483647 seconds")]
     Ttl(u64),
+    #[error("--udp-threads {0}: must be at most 64 (0 picks one per CPU core)")]
+    UdpThreads(usize),
 }
 
 /// Why the server stopped.

@@ -85,7 +85,8 @@ impl Handler {
     }
 }
 
-fn response_edns(request: &Request) -> Option<Edns> {
+/// The OPT record of the response: present when the request had one.
+pub(crate) fn response_edns(request: &Request) -> Option<Edns> {
     let req = request.edns.as_ref()?;
     let mut e = Edns::new();
     e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
@@ -122,6 +123,86 @@ async fn send<R: ResponseHandler>(
     }
 }
 
+/// What the handler does with a request, decided from the request and the catalog alone.
+pub(crate) enum Plan {
+    /// Reply at once. `cacheable`: the reply is a function of the request's bytes (minus
+    /// its id) and of the catalog generation it was computed under, so it may be reused for
+    /// the same question until [`Shared::generation`] moves.
+    Reply {
+        metadata: Metadata,
+        answer: Answer,
+        cacheable: bool,
+    },
+    /// A service without a VIP yet: wait (briefly) while the allocator claims one.
+    WaitForVip,
+    /// Not a name of ours: forward it upstream.
+    Forward,
+}
+
+impl Handler {
+    /// The response header every answer starts from.
+    fn response_metadata(&self, request: &Request) -> Metadata {
+        let mut md = Metadata::response_from_request(&request.metadata);
+        md.recursion_available = self.forwarder.is_some();
+        md
+    }
+
+    /// Decides what to do with `request` without waiting for anything.
+    pub(crate) fn plan(&self, request: &Request) -> Plan {
+        let md = self.response_metadata(request);
+        let fail = |rcode: ResponseCode, cacheable: bool| {
+            let mut metadata = md;
+            metadata.response_code = rcode;
+            Plan::Reply {
+                metadata,
+                answer: error_answer(rcode),
+                cacheable,
+            }
+        };
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            return fail(ResponseCode::BADVERS, true);
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return fail(ResponseCode::NotImp, true);
+        }
+        let queries = request.queries.queries();
+        if queries.len() != 1 {
+            return fail(ResponseCode::FormErr, true);
+        }
+        let query = queries[0].original();
+        let in_zone = self.zone.contains(query.name());
+        let class_ok = matches!(query.query_class(), DNSClass::IN | DNSClass::ANY);
+        if in_zone && !class_ok {
+            return fail(ResponseCode::Refused, true);
+        }
+        if in_zone && !self.shared.is_synced() {
+            // Never claim a name does not exist before the registry has been read.
+            return fail(ResponseCode::ServFail, false);
+        }
+        let outcome = if class_ok {
+            let c = self.shared.read();
+            self.zone.lookup(&c, query.name(), query.query_type())
+        } else {
+            Outcome::NotOurs
+        };
+        match outcome {
+            Outcome::Answer(answer) => {
+                let mut metadata = md;
+                metadata.authoritative = true;
+                metadata.response_code = answer.rcode;
+                Plan::Reply {
+                    metadata,
+                    answer,
+                    cacheable: true,
+                }
+            }
+            Outcome::NeedVip(_) => Plan::WaitForVip,
+            Outcome::NotOurs if self.forwarder.is_some() => Plan::Forward,
+            Outcome::NotOurs => fail(ResponseCode::Refused, true),
+        }
+    }
+}
+
 fn error_answer(rcode: ResponseCode) -> Answer {
     Answer {
         rcode,
@@ -139,79 +220,21 @@ impl RequestHandler for Handler {
         response_handle: R,
     ) -> ResponseInfo {
         let edns = response_edns(request);
-        let mut md = Metadata::response_from_request(&request.metadata);
-        md.recursion_available = self.forwarder.is_some();
+        let md = self.response_metadata(request);
         let fail = |rcode: ResponseCode| {
             let mut m = md;
             m.response_code = rcode;
             m
         };
-        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            let md = fail(ResponseCode::BADVERS);
-            return send(
-                response_handle,
-                request,
-                edns.as_ref(),
-                md,
-                &error_answer(ResponseCode::BADVERS),
-            )
-            .await;
-        }
-        if request.metadata.op_code != OpCode::Query {
-            let md = fail(ResponseCode::NotImp);
-            return send(
-                response_handle,
-                request,
-                edns.as_ref(),
-                md,
-                &error_answer(ResponseCode::NotImp),
-            )
-            .await;
-        }
-        let queries = request.queries.queries();
-        if queries.len() != 1 {
-            let md = fail(ResponseCode::FormErr);
-            return send(
-                response_handle,
-                request,
-                edns.as_ref(),
-                md,
-                &error_answer(ResponseCode::FormErr),
-            )
-            .await;
-        }
-        let query = queries[0].original();
-        let name = query.name();
-        let qtype = query.query_type();
-        let in_zone = self.zone.contains(name);
-        let class_ok = matches!(query.query_class(), DNSClass::IN | DNSClass::ANY);
-        if in_zone && !class_ok {
-            let md = fail(ResponseCode::Refused);
-            return send(
-                response_handle,
-                request,
-                edns.as_ref(),
-                md,
-                &error_answer(ResponseCode::Refused),
-            )
-            .await;
-        }
-        if in_zone && !self.shared.is_synced() {
-            // Never claim a name does not exist before the registry has been read.
-            let md = fail(ResponseCode::ServFail);
-            return send(
-                response_handle,
-                request,
-                edns.as_ref(),
-                md,
-                &error_answer(ResponseCode::ServFail),
-            )
-            .await;
-        }
-        let outcome = if class_ok {
-            self.lookup(name, qtype).await
-        } else {
-            Some(Outcome::NotOurs)
+        let outcome = match self.plan(request) {
+            Plan::Reply {
+                metadata, answer, ..
+            } => return send(response_handle, request, edns.as_ref(), metadata, &answer).await,
+            Plan::WaitForVip => {
+                let query = request.queries.queries()[0].original();
+                self.lookup(query.name(), query.query_type()).await
+            }
+            Plan::Forward => Some(Outcome::NotOurs),
         };
         match outcome {
             Some(Outcome::Answer(a)) => {
@@ -243,6 +266,7 @@ impl RequestHandler for Handler {
                     )
                     .await;
                 };
+                let name = request.queries.queries()[0].original().name();
                 let tcp = request.protocol() != Protocol::Udp;
                 match fwd.forward(request.as_slice(), tcp).await {
                     Ok(m) => {

@@ -13,6 +13,10 @@
 //! than the client's EDNS payload size (512 bytes without EDNS) are truncated with TC set, and
 //! the client retries over TCP.
 //!
+//! UDP is served by berth's own threads ([`udp`]), which answer a repeated question from a
+//! per-thread cache that is emptied whenever the catalog changes; TCP by hickory-server. Both
+//! run the same [`Handler`].
+//!
 //! State follows registry watches (never polling): a recursive read of `/services` and
 //! `/_berth`, then recursive watches resuming from the last index seen; an outdated index
 //! (etcd error 401) means reading everything again. Without a registry the server keeps
@@ -48,6 +52,8 @@
 //! | [`forward`] | forwarding to upstream resolvers (I/O) |
 //! | [`handler`] | the hickory `RequestHandler` |
 //! | [`packet`] | the request path from bytes to bytes, for fuzzing and tests |
+//! | [`udp`] | the UDP threads and their answer cache |
+//! | [`mmsg`] | batched datagram I/O (`recvmmsg`, `sendmmsg`) |
 //! | [`server`] | [`run`] |
 //! | [`error`] | typed errors |
 
@@ -57,8 +63,10 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod handler;
+pub mod mmsg;
 pub mod packet;
 pub mod server;
+pub mod udp;
 pub mod vip;
 
 pub use answer::{Answer, Outcome, Zone};

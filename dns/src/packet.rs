@@ -1,6 +1,8 @@
-//! The request path from raw bytes to raw answer, as the server runs it (header check, parse,
-//! FORMERR for what does not parse, responses dropped, the handler, encoding with the UDP size
-//! limit), without sockets: for the fuzz target and the malformed-packet tests.
+//! The request path from raw bytes to raw answer, as the UDP server runs it (header check,
+//! parse, FORMERR for what does not parse, responses dropped, the handler, encoding with the
+//! UDP size limit), without sockets: [`respond_now`] for what needs no waiting (everything
+//! but VIP claims in progress and forwarding), [`respond`] for the rest. The fuzz target and
+//! the malformed-packet tests run the same functions.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -8,44 +10,90 @@ use std::sync::{Arc, Mutex};
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::net::NetError;
-use hickory_server::proto::op::{Header, HeaderCounts, MessageType, Metadata, ResponseCode};
+use hickory_server::proto::op::{Header, MessageType, ResponseCode};
 use hickory_server::proto::rr::Record;
-use hickory_server::proto::serialize::binary::{
-    BinDecodable, BinDecoder, BinEncodable, BinEncoder,
-};
+use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 
-use crate::handler::Handler;
+use crate::handler::{response_edns, Handler, Plan};
 
-/// Runs one packet through the request path. `None`: the packet is dropped (shorter than a
-/// header, or a response).
+/// What the request path does with a packet without waiting for anything.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Immediate {
+    /// Dropped: shorter than a header, or a response.
+    Drop,
+    /// Answered. `cacheable`: the same bytes (whatever their id) get the same answer until
+    /// the catalog's generation moves (see [`registry::catalog::Shared::generation`]).
+    Reply { bytes: Vec<u8>, cacheable: bool },
+    /// The answer needs waiting (a VIP being claimed, an upstream): use [`respond`].
+    Wait,
+}
+
+/// Runs one packet through the request path as far as it goes without waiting.
+pub fn respond_now(
+    handler: &Handler,
+    bytes: &[u8],
+    src: SocketAddr,
+    protocol: Protocol,
+) -> Immediate {
+    let Ok(header) = Header::read(&mut BinDecoder::new(bytes)) else {
+        return Immediate::Drop;
+    };
+    let request = match Request::from_bytes(bytes.to_vec(), src, protocol) {
+        Ok(r) => r,
+        Err(_) => {
+            // As hickory-server does: FORMERR for whatever has a header but does not parse.
+            return match error_reply(&header, no_queries(), ResponseCode::FormErr) {
+                Some(bytes) => Immediate::Reply {
+                    bytes,
+                    cacheable: false,
+                },
+                None => Immediate::Drop,
+            };
+        }
+    };
+    if request.metadata.message_type == MessageType::Response {
+        return Immediate::Drop;
+    }
+    match handler.plan(&request) {
+        Plan::Reply {
+            metadata,
+            answer,
+            cacheable,
+        } => {
+            let edns = response_edns(&request);
+            let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+            let response = builder.build(
+                metadata,
+                answer.answers.iter(),
+                answer.authorities.iter(),
+                std::iter::empty::<&Record>(),
+                answer.additionals.iter(),
+            );
+            match encode(response, protocol) {
+                Some(bytes) => Immediate::Reply { bytes, cacheable },
+                None => Immediate::Drop,
+            }
+        }
+        Plan::WaitForVip | Plan::Forward => Immediate::Wait,
+    }
+}
+
+/// Runs one packet through the whole request path. `None`: the packet is dropped (shorter
+/// than a header, or a response).
 pub async fn respond(
     handler: &Handler,
     bytes: &[u8],
     src: SocketAddr,
     protocol: Protocol,
 ) -> Option<Vec<u8>> {
-    let header = Header::read(&mut BinDecoder::new(bytes)).ok()?;
-    let request = match Request::from_bytes(bytes.to_vec(), src, protocol) {
-        Ok(r) => r,
-        Err(_) => {
-            // As hickory-server does: FORMERR for whatever has a header but does not parse.
-            let mut md = Metadata::response_from_request(&header.metadata);
-            md.response_code = ResponseCode::FormErr;
-            let mut out = Vec::with_capacity(12);
-            Header {
-                metadata: md,
-                counts: HeaderCounts::default(),
-            }
-            .emit(&mut BinEncoder::new(&mut out))
-            .ok()?;
-            return Some(out);
-        }
-    };
-    if request.metadata.message_type == MessageType::Response {
-        return None;
+    match respond_now(handler, bytes, src, protocol) {
+        Immediate::Drop => return None,
+        Immediate::Reply { bytes, .. } => return Some(bytes),
+        Immediate::Wait => {}
     }
+    let request = Request::from_bytes(bytes.to_vec(), src, protocol).ok()?;
     let capture = Capture {
         out: Arc::new(Mutex::new(None)),
         protocol,
@@ -55,6 +103,66 @@ pub async fn respond(
         .await;
     let out = capture.out.lock().unwrap_or_else(|e| e.into_inner()).take();
     out
+}
+
+/// The REFUSED answer hickory-server gives a client outside the allowed networks: the
+/// header and the questions echoed. `None` for a packet without a whole header.
+pub fn refused(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut decoder = BinDecoder::new(bytes);
+    let header = Header::read(&mut decoder).ok()?;
+    let queries = Queries::read(&mut decoder, usize::from(header.counts.queries))
+        .unwrap_or_else(|_| no_queries());
+    error_reply(&header, queries, ResponseCode::Refused)
+}
+
+/// An empty question section.
+fn no_queries() -> Queries {
+    Queries::read(&mut BinDecoder::new(&[]), 0).expect("reading zero queries cannot fail")
+}
+
+/// An answer with only a header (and `queries`) carrying `rcode`.
+fn error_reply(header: &Header, queries: Queries, rcode: ResponseCode) -> Option<Vec<u8>> {
+    let builder = MessageResponseBuilder::new(&queries, None);
+    encode(builder.error_msg(&header.metadata, rcode), Protocol::Tcp)
+}
+
+/// Encodes a response, truncated (TC set) to the client's UDP payload size over UDP.
+fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    protocol: Protocol,
+) -> Option<Vec<u8>> {
+    encode_counted(response, protocol)
+        .ok()
+        .map(|(bytes, _)| bytes)
+}
+
+fn encode_counted<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    protocol: Protocol,
+) -> Result<(Vec<u8>, ResponseInfo), NetError> {
+    let max = match protocol {
+        Protocol::Udp => response.edns().map_or(512, |e| e.max_payload()),
+        _ => u16::MAX,
+    };
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(max);
+    let info = response.destructive_emit(&mut encoder)?;
+    Ok((bytes, info))
 }
 
 /// A response handler that keeps the encoded answer.
@@ -77,14 +185,7 @@ impl ResponseHandler for Capture {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let max = match self.protocol {
-            Protocol::Udp => response.edns().map_or(512, |e| e.max_payload()),
-            _ => u16::MAX,
-        };
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(max);
-        let info = response.destructive_emit(&mut encoder)?;
+        let (bytes, info) = encode_counted(response, self.protocol)?;
         *self.out.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
         Ok(info)
     }
@@ -140,6 +241,7 @@ pub fn sample_handler() -> Handler {
         recursion: false,
         allow: Vec::new(),
         upstream_timeout: std::time::Duration::from_secs(1),
+        udp_threads: 1,
     };
     Handler::standalone(&config, catalog)
 }

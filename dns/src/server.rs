@@ -1,4 +1,5 @@
-//! `run`: wires the registry watch, the VIP allocator and the hickory-server listeners.
+//! `run`: wires the registry watch, the VIP allocator, the UDP threads and the hickory-server
+//! TCP listener.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::error::{ConfigError, Error};
 use crate::handler::Handler;
+use crate::udp::{Access, UdpServer};
 use registry::catalog::Shared;
 
 /// Idle time after which a TCP client connection is closed.
@@ -51,13 +53,27 @@ pub async fn run(
             )
             .instrument(tracing::info_span!("vips", range = %config.vip_range)),
         );
+        // UDP: berth's own threads (answer cache); TCP: hickory-server.
+        let udp_handler = Arc::new(Handler::new(&config, shared.clone(), Some(vip_tx.clone())));
+        let threads = config.udp_threads;
+        let udp = UdpServer::start(
+            udp,
+            udp_handler,
+            shared.clone(),
+            Access::new(config.allow.clone()),
+            threads,
+        )
+        .map_err(|e| Error::Io {
+            what: "the UDP socket".into(),
+            source: e,
+        })?;
         let handler = Handler::new(&config, shared, Some(vip_tx));
         let mut server = Server::with_access(handler, [], config.allow.clone());
-        server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE, TCP_RESPONSE_BUFFER);
         tracing::info!(
             upstreams = ?config.upstreams,
             recursion = config.recursion,
+            udp_threads = threads,
             "serving DNS (UDP and TCP)"
         );
         let token = server.shutdown_token().clone();
@@ -68,6 +84,7 @@ pub async fn run(
         });
         let result = server.block_until_done().await;
         shutdown.cancel();
+        udp.stop().await;
         relay.abort();
         let _ = sync.await;
         let _ = alloc.await;

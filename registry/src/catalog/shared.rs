@@ -1,6 +1,6 @@
 //! The state shared between the registry watch, the VIP allocator and the query handler.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
 
 use tokio::sync::watch;
@@ -16,6 +16,8 @@ pub struct Shared {
     /// Whether the registry watch is currently connected (the catalog is current).
     live: AtomicBool,
     version: watch::Sender<u64>,
+    /// Bumped after every change, readable without a lock (answer caches compare it).
+    generation: AtomicU64,
 }
 
 impl Default for Shared {
@@ -32,6 +34,7 @@ impl Shared {
             synced: AtomicBool::new(false),
             live: AtomicBool::new(false),
             version: watch::channel(0).0,
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -46,6 +49,7 @@ impl Shared {
             let mut c = self.catalog.write().unwrap_or_else(|e| e.into_inner());
             f(&mut c)
         };
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.version.send_modify(|v| *v += 1);
         out
     }
@@ -55,6 +59,13 @@ impl Shared {
         self.version.subscribe()
     }
 
+    /// A number that changes after every change of the catalog (or of `synced`), never
+    /// before the change is readable: an answer computed after reading generation `g` is
+    /// current for as long as the generation is still `g`.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Whether the catalog has been read from the registry at least once.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
@@ -62,6 +73,7 @@ impl Shared {
 
     pub fn set_synced(&self) {
         self.synced.store(true, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.version.send_modify(|v| *v += 1);
     }
 

@@ -1,10 +1,12 @@
 //! `/v2/keys`: reads, writes, and long-poll or streaming watches.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use tokio::sync::mpsc;
@@ -106,6 +108,46 @@ impl Drop for WatchGuard {
     }
 }
 
+/// The body of a pending watch: the watcher's events as the store sends them (the first only,
+/// for a one-shot watch, whose body then ends in the same write), straight from the store's
+/// channel. Dropping it (response complete, or client gone) unregisters the watcher.
+struct WatchBody {
+    rx: mpsc::Receiver<v2::WatchEvent>,
+    stream: bool,
+    done: bool,
+    _guard: WatchGuard,
+}
+
+impl hyper::body::Body for WatchBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(event)) => {
+                self.done = !self.stream;
+                Poll::Ready(Some(Ok(Frame::data(event.json()))))
+            }
+            // The store dropped the watcher (it fell behind, or a snapshot replaced the store).
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
 fn event_bytes(event: &v2::Event) -> Bytes {
     let mut body = event.to_json();
     if body.last() != Some(&b'\n') {
@@ -131,36 +173,16 @@ fn watch(node: &Arc<Node>, req: &v2::KeyRequest, head: bool) -> Response<Body> {
             };
             with_index(json(200, body), node, index)
         }
-        Ok(Watch::Pending {
-            id,
-            mut rx,
-            etcd_index,
-        }) => {
-            let guard = WatchGuard {
-                shared: node.shared.clone(),
-                id,
+        Ok(Watch::Pending { id, rx, etcd_index }) => {
+            let body = WatchBody {
+                rx,
+                stream: req.stream,
+                done: false,
+                _guard: WatchGuard {
+                    shared: node.shared.clone(),
+                    id,
+                },
             };
-            let stream = req.stream;
-            let (tx, mut frames) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
-            // The pump owns the watcher: it ends (and unregisters) when the event is sent,
-            // when the store drops the watcher, or when the client goes away.
-            tokio::spawn(async move {
-                let _guard = guard;
-                loop {
-                    tokio::select! {
-                        _ = tx.closed() => break,
-                        event = rx.recv() => match event {
-                            Some(event) => {
-                                if tx.send(Ok(Frame::data(event_bytes(&event)))).await.is_err() || !stream {
-                                    break;
-                                }
-                            }
-                            None => break,
-                        },
-                    }
-                }
-            });
-            let body = StreamBody::new(futures::stream::poll_fn(move |cx| frames.poll_recv(cx)));
             let resp = Response::builder()
                 .status(200)
                 .header("Content-Type", "application/json")

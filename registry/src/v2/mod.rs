@@ -22,4 +22,4 @@ pub use event::{Action, Event, NodeExtern};
 pub use request::{parse_key_request, KeyRequest, Method};
 pub use stats::StoreStats;
 pub use store::{Command, Store};
-pub use watch::Watch;
+pub use watch::{Delivered, Watch, WatchEvent};

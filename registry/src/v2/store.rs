@@ -2,6 +2,7 @@
 //! reads and registers watchers, with etcd 3.4's semantics.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +13,7 @@ use super::node::{CompareResult, LookupError, Node, Tree};
 use super::path;
 use super::request::{KeyRequest, Method};
 use super::stats::StoreStats;
-use super::watch::{Watch, WatcherHub};
+use super::watch::{Delivered, Watch, WatcherHub};
 
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
@@ -286,8 +287,8 @@ impl Store {
     /// Records an event and notifies watchers (or, for a refresh, only records it).
     fn publish(&mut self, e: &Event) {
         self.history.add(e.clone());
-        if !e.refresh {
-            self.hub.notify(e);
+        if !e.refresh && self.hub.count() > 0 {
+            self.hub.notify(&Arc::new(Delivered::new(e.clone())));
         }
     }
 
@@ -308,11 +309,14 @@ impl Store {
             n.removal_order(&mut removed);
         }
         self.tree.0.remove_at(p);
+        let delivered = (self.hub.count() > 0).then(|| Arc::new(Delivered::new(e.clone())));
         for (rp, exp) in removed {
             if let Some(exp) = exp {
                 self.ttl_keys.remove(&(exp, rp.clone()));
             }
-            self.hub.notify_watchers(e, &rp, true);
+            if let Some(d) = &delivered {
+                self.hub.notify_watchers(d, &rp, true);
+            }
         }
     }
 

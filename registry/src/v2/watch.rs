@@ -2,7 +2,9 @@
 //! bounded channels.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::event::Event;
@@ -11,6 +13,40 @@ use super::path;
 /// Capacity of each watcher's channel (etcd uses 100). A watcher whose
 /// channel is full when an event arrives is dropped, closing the channel.
 pub const WATCH_CHANNEL_CAPACITY: usize = 100;
+
+/// An event as watchers receive it: one allocation shared by every watcher it wakes, its
+/// JSON body rendered once, by the first watcher that sends it.
+#[derive(Debug)]
+pub struct Delivered {
+    event: Event,
+    json: OnceLock<Bytes>,
+}
+
+impl Delivered {
+    pub fn new(event: Event) -> Delivered {
+        Delivered {
+            event,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The response body for this event (etcd's JSON and a newline).
+    pub fn json(&self) -> Bytes {
+        self.json
+            .get_or_init(|| Bytes::from(self.event.to_json()))
+            .clone()
+    }
+}
+
+impl std::ops::Deref for Delivered {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// What a watcher's channel carries.
+pub type WatchEvent = Arc<Delivered>;
 
 /// The result of [`crate::v2::Store::watch`].
 #[derive(Debug)]
@@ -29,7 +65,7 @@ pub enum Watch {
     /// `etcd_index` is the store index at watch time (X-Etcd-Index header).
     Pending {
         id: u64,
-        rx: mpsc::Receiver<Event>,
+        rx: mpsc::Receiver<WatchEvent>,
         etcd_index: u64,
     },
 }
@@ -47,7 +83,7 @@ impl Watch {
 #[derive(Debug)]
 struct Watcher {
     id: u64,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<WatchEvent>,
     recursive: bool,
     stream: bool,
     since_index: u64,
@@ -84,7 +120,7 @@ impl WatcherHub {
         recursive: bool,
         stream: bool,
         since_index: u64,
-    ) -> (u64, mpsc::Receiver<Event>) {
+    ) -> (u64, mpsc::Receiver<WatchEvent>) {
         self.next_id += 1;
         let id = self.next_id;
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
@@ -117,7 +153,7 @@ impl WatcherHub {
 
     /// Notifies the watchers of `node_path` about `e` (etcd's notifyWatchers).
     /// `deleted` is set for paths removed together with a deleted directory.
-    pub fn notify_watchers(&mut self, e: &Event, node_path: &str, deleted: bool) {
+    pub fn notify_watchers(&mut self, e: &WatchEvent, node_path: &str, deleted: bool) {
         let Some(list) = self.watchers.get_mut(node_path) else {
             return;
         };
@@ -132,7 +168,7 @@ impl WatcherHub {
                 if !interested {
                     continue;
                 }
-                match w.tx.try_send(e.clone()) {
+                match w.tx.try_send(Arc::clone(e)) {
                     Ok(()) => {
                         if !w.stream {
                             removed.push(w.id);
@@ -156,7 +192,7 @@ impl WatcherHub {
 
     /// Notifies watchers on every ancestor of the event's key, root first
     /// (etcd's watcherHub.notify without the history part).
-    pub fn notify(&mut self, e: &Event) {
+    pub fn notify(&mut self, e: &WatchEvent) {
         if self.watchers.is_empty() {
             return;
         }
@@ -176,8 +212,8 @@ mod tests {
     use super::*;
     use crate::v2::event::Action;
 
-    fn ev(key: &str, idx: u64) -> Event {
-        Event::new(Action::Set, key, idx, idx)
+    fn ev(key: &str, idx: u64) -> WatchEvent {
+        Arc::new(Delivered::new(Event::new(Action::Set, key, idx, idx)))
     }
 
     #[test]
