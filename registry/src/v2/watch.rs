@@ -82,7 +82,6 @@ impl Watch {
 
 #[derive(Debug)]
 struct Watcher {
-    id: u64,
     tx: mpsc::Sender<WatchEvent>,
     recursive: bool,
     stream: bool,
@@ -92,7 +91,8 @@ struct Watcher {
 /// Registered watchers, keyed by watched path in registration order.
 #[derive(Debug, Default)]
 pub(crate) struct WatcherHub {
-    watchers: BTreeMap<String, Vec<Watcher>>,
+    /// Per watched path, by id: ids grow, so this is registration order.
+    watchers: BTreeMap<String, BTreeMap<u64, Watcher>>,
     paths: HashMap<u64, String>,
     next_id: u64,
 }
@@ -124,16 +124,15 @@ impl WatcherHub {
         self.next_id += 1;
         let id = self.next_id;
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL_CAPACITY);
-        self.watchers
-            .entry(key.to_string())
-            .or_default()
-            .push(Watcher {
-                id,
+        self.watchers.entry(key.to_string()).or_default().insert(
+            id,
+            Watcher {
                 tx,
                 recursive,
                 stream,
                 since_index,
-            });
+            },
+        );
         self.paths.insert(id, key.to_string());
         (id, rx)
     }
@@ -143,7 +142,7 @@ impl WatcherHub {
     pub fn remove(&mut self, id: u64) {
         if let Some(p) = self.paths.remove(&id) {
             if let Some(list) = self.watchers.get_mut(&p) {
-                list.retain(|w| w.id != id);
+                list.remove(&id);
                 if list.is_empty() {
                     self.watchers.remove(&p);
                 }
@@ -160,33 +159,23 @@ impl WatcherHub {
         let key = e.key();
         let original_path = key == node_path;
         let visible = original_path || !is_hidden(node_path, key);
-        let mut removed = Vec::new();
-        if visible {
-            for w in list.iter() {
-                let interested =
-                    (w.recursive || original_path || deleted) && e.index() >= w.since_index;
-                if !interested {
-                    continue;
-                }
-                match w.tx.try_send(Arc::clone(e)) {
-                    Ok(()) => {
-                        if !w.stream {
-                            removed.push(w.id);
-                        }
-                    }
-                    // Full: the watcher fell behind; Closed: nobody listens.
-                    Err(_) => removed.push(w.id),
-                }
-            }
+        if !visible {
+            return;
         }
-        if !removed.is_empty() {
-            list.retain(|w| !removed.contains(&w.id));
-            if list.is_empty() {
-                self.watchers.remove(node_path);
+        // One pass: send, and drop one-shot watchers that got the event and watchers that
+        // cannot take it (full: fell behind; closed: nobody listens).
+        let paths = &mut self.paths;
+        list.retain(|&id, w| {
+            let interested =
+                (w.recursive || original_path || deleted) && e.index() >= w.since_index;
+            let keep = !interested || (w.tx.try_send(Arc::clone(e)).is_ok() && w.stream);
+            if !keep {
+                paths.remove(&id);
             }
-            for id in removed {
-                self.paths.remove(&id);
-            }
+            keep
+        });
+        if list.is_empty() {
+            self.watchers.remove(node_path);
         }
     }
 
