@@ -33,17 +33,22 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// The pooled HTTP/1.1 client to instances.
 pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
-/// Headers that describe one connection and are not forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+/// Headers that describe one connection and are not forwarded (RFC 9110 §7.6.1). Names
+/// are built once: a `&str` key would be parsed and validated on every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
 ];
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The client to instances: keep-alive pool, `TCP_NODELAY`, connect timeout.
 pub fn upstream_client(config: &Config) -> UpstreamClient {
@@ -93,19 +98,31 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for n in HOP_BY_HOP.iter() {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
+}
+
+/// An IP address as a header value, formatted without an intermediate `String`.
+fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 64];
+    let mut w = &mut buf[..];
+    write!(w, "{ip}").expect("an IP address fits in 64 bytes");
+    let n = 64 - w.len();
+    HeaderValue::from_bytes(&buf[..n]).expect("an IP address is a valid header value")
 }
 
 /// Whether the request has no body (so it can be sent again to another instance).
@@ -124,16 +141,13 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let config = &state.config;
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+    // The authority as a header value: from the URI (HTTP/2, absolute form) or the Host
+    // header (cloned, not copied). It becomes Host (when missing) and X-Forwarded-Host.
+    let host_value = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let host = host_value.as_ref().and_then(|v| v.to_str().ok());
     let Some(host) = host.filter(|h| !h.is_empty()) else {
         state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
         return reply(StatusCode::BAD_REQUEST, "request without a Host header");
@@ -156,16 +170,17 @@ pub async fn handle(
             );
         }
     }
-    let path = req.uri().path().to_string();
+    let uri = req.uri().clone();
+    let path = uri.path();
     let table = state.table();
-    let route = match table.route(&host, &path) {
+    let route = match table.route(host, path) {
         Ok(r) => r,
         Err(_) => {
             state.metrics.no_route.fetch_add(1, Ordering::Relaxed);
             let why = if state.catalog.is_synced() {
                 format!(
                     "no route for {}{}",
-                    crate::table::normalize_host(&host),
+                    crate::table::normalize_host(host),
                     path
                 )
             } else {
@@ -179,7 +194,7 @@ pub async fn handle(
                 },
                 &why,
             );
-            Outcome::new(config, peer, req.method(), req.uri().path(), &host, start).record(
+            Outcome::new(config, peer, req.method(), path, host, start).record(
                 None,
                 r.status(),
                 "-",
@@ -195,7 +210,7 @@ pub async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let retryable = bodiless(req.headers()) && !upgrade;
     let (mut parts, body) = req.into_parts();
-    let outcome = Outcome::new(config, peer, &parts.method, parts.uri.path(), &host, start);
+    let outcome = Outcome::new(config, peer, &parts.method, path, host, start);
     let mut body = Some(match config.max_body {
         Some(max) => Limited::new(body, max as usize).boxed(),
         None => body.map_err(|e| Box::new(e) as BoxError).boxed(),
@@ -208,29 +223,26 @@ pub async fn handle(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, p);
     }
+    let host_value = host_value.clone().expect("checked: the request has a host");
     if !headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            headers.insert(header::HOST, v);
-        }
+        headers.insert(header::HOST, host_value.clone());
     }
-    let client_ip = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client_ip}"),
+    let client_ip = ip_header_value(peer.ip());
+    let xff = match headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|prev| HeaderValue::from_str(&format!("{prev}, {}", peer.ip())).ok())
+    {
+        Some(v) => v,
         None => client_ip.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if https { "https" } else { "http" }),
     );
-    if let Ok(v) = HeaderValue::from_str(&host) {
-        headers.insert("x-forwarded-host", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&client_ip) {
-        headers.insert("x-real-ip", v);
-    }
+    headers.insert(X_FORWARDED_HOST.clone(), host_value);
+    headers.insert(X_REAL_IP.clone(), client_ip);
     // Instances get the request target in origin form (h2 and absolute-form requests
     // carry scheme and authority in the URI; the Host header has the authority).
     let target: Uri = if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
