@@ -330,12 +330,23 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// Memtable size of the Raft log's column family.
+const LOG_MEMTABLE_BYTES: usize = 8 << 20;
+
 fn open_db(path: &Path) -> Result<Arc<DB>, Error> {
     std::fs::create_dir_all(path)?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOGS, CF_META, CF_SM].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+    let cfs = [CF_LOGS, CF_META, CF_SM].map(|n| {
+        let mut cf = Options::default();
+        if n == CF_LOGS {
+            // Log entries live briefly (purged after each snapshot), so a small memtable is
+            // enough; RocksDB's 64 MiB default would hold ~100,000 entries in memory.
+            cf.set_write_buffer_size(LOG_MEMTABLE_BYTES);
+        }
+        ColumnFamilyDescriptor::new(n, cf)
+    });
     DB::open_cf_descriptors(&opts, path, cfs)
         .map(Arc::new)
         .map_err(|source| Error::DataDir {
