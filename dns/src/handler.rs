@@ -10,7 +10,7 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::{DNSClass, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 use tokio::sync::mpsc;
 
 use crate::answer::{Answer, Outcome, Zone};
@@ -94,6 +94,29 @@ pub(crate) fn response_edns(request: &Request) -> Option<Edns> {
     Some(e)
 }
 
+/// The response to `request` carrying `answer` under `metadata`.
+pub(crate) fn build_response<'q, 'a>(
+    request: &'q Request,
+    edns: Option<&'q Edns>,
+    metadata: Metadata,
+    answer: &'a Answer,
+) -> MessageResponse<
+    'q,
+    'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+> {
+    MessageResponseBuilder::new(&request.queries, edns).build(
+        metadata,
+        answer.answers.iter(),
+        answer.authorities.iter(),
+        std::iter::empty::<&Record>(),
+        answer.additionals.iter(),
+    )
+}
+
 async fn send<R: ResponseHandler>(
     mut handle: R,
     request: &Request,
@@ -101,14 +124,7 @@ async fn send<R: ResponseHandler>(
     metadata: Metadata,
     answer: &Answer,
 ) -> ResponseInfo {
-    let builder = MessageResponseBuilder::new(&request.queries, edns);
-    let response = builder.build(
-        metadata,
-        answer.answers.iter(),
-        answer.authorities.iter(),
-        std::iter::empty::<&Record>(),
-        answer.additionals.iter(),
-    );
+    let response = build_response(request, edns, metadata, answer);
     match handle.send_response(response).await {
         Ok(info) => info,
         Err(e) => {

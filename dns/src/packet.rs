@@ -16,7 +16,7 @@ use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEnco
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 
-use crate::handler::{response_edns, Handler, Plan};
+use crate::handler::{build_response, response_edns, Handler, Plan};
 
 /// What the request path does with a packet without waiting for anything.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,17 +63,10 @@ pub fn respond_now(
             cacheable,
         } => {
             let edns = response_edns(&request);
-            let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
-            let response = builder.build(
-                metadata,
-                answer.answers.iter(),
-                answer.authorities.iter(),
-                std::iter::empty::<&Record>(),
-                answer.additionals.iter(),
-            );
-            match encode(response, protocol) {
-                Some(bytes) => Immediate::Reply { bytes, cacheable },
-                None => Immediate::Drop,
+            let response = build_response(&request, edns.as_ref(), metadata, &answer);
+            match encode_counted(response, protocol) {
+                Ok((bytes, _)) => Immediate::Reply { bytes, cacheable },
+                Err(_) => Immediate::Drop,
             }
         }
         Plan::WaitForVip | Plan::Forward => Immediate::Wait,
@@ -123,26 +116,12 @@ fn no_queries() -> Queries {
 /// An answer with only a header (and `queries`) carrying `rcode`.
 fn error_reply(header: &Header, queries: Queries, rcode: ResponseCode) -> Option<Vec<u8>> {
     let builder = MessageResponseBuilder::new(&queries, None);
-    encode(builder.error_msg(&header.metadata, rcode), Protocol::Tcp)
-}
-
-/// Encodes a response, truncated (TC set) to the client's UDP payload size over UDP.
-fn encode<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-    protocol: Protocol,
-) -> Option<Vec<u8>> {
-    encode_counted(response, protocol)
+    encode_counted(builder.error_msg(&header.metadata, rcode), Protocol::Tcp)
         .ok()
         .map(|(bytes, _)| bytes)
 }
 
+/// Encodes a response, truncated (TC set) to the client's UDP payload size over UDP.
 fn encode_counted<'a>(
     response: MessageResponse<
         '_,
