@@ -19,15 +19,15 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Quer
 use crate::handler::{build_response, response_edns, Handler, Plan};
 
 /// What the request path does with a packet without waiting for anything.
-#[derive(Debug, PartialEq, Eq)]
 pub enum Immediate {
     /// Dropped: shorter than a header, or a response.
     Drop,
     /// Answered. `cacheable`: the same bytes (whatever their id) get the same answer until
     /// the catalog's generation moves (see [`registry::catalog::Shared::generation`]).
     Reply { bytes: Vec<u8>, cacheable: bool },
-    /// The answer needs waiting (a VIP being claimed, an upstream): use [`respond`].
-    Wait,
+    /// The answer needs waiting (a VIP being claimed, an upstream): pass the parsed request
+    /// to [`finish`].
+    Wait(Box<Request>),
 }
 
 /// Runs one packet through the request path as far as it goes without waiting.
@@ -69,7 +69,7 @@ pub fn respond_now(
                 Err(_) => Immediate::Drop,
             }
         }
-        Plan::WaitForVip | Plan::Forward => Immediate::Wait,
+        Plan::WaitForVip | Plan::Forward => Immediate::Wait(Box::new(request)),
     }
 }
 
@@ -82,17 +82,20 @@ pub async fn respond(
     protocol: Protocol,
 ) -> Option<Vec<u8>> {
     match respond_now(handler, bytes, src, protocol) {
-        Immediate::Drop => return None,
-        Immediate::Reply { bytes, .. } => return Some(bytes),
-        Immediate::Wait => {}
+        Immediate::Drop => None,
+        Immediate::Reply { bytes, .. } => Some(bytes),
+        Immediate::Wait(request) => finish(handler, &request, protocol).await,
     }
-    let request = Request::from_bytes(bytes.to_vec(), src, protocol).ok()?;
+}
+
+/// The rest of the request path for a request [`respond_now`] could not answer at once.
+pub async fn finish(handler: &Handler, request: &Request, protocol: Protocol) -> Option<Vec<u8>> {
     let capture = Capture {
         out: Arc::new(Mutex::new(None)),
         protocol,
     };
     handler
-        .handle_request::<_, TokioTime>(&request, capture.clone())
+        .handle_request::<_, TokioTime>(request, capture.clone())
         .await;
     let out = capture.out.lock().unwrap_or_else(|e| e.into_inner()).take();
     out

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use hickory_server::server::Request;
 use ipnet::IpNet;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
@@ -266,15 +267,15 @@ fn answer(
             *out = bytes;
             true
         }
-        Immediate::Wait => {
-            wait(cx, query.to_vec(), src);
+        Immediate::Wait(request) => {
+            wait(cx, request, src);
             false
         }
     }
 }
 
 /// Runs a query that needs waiting on the runtime; the answer goes out on the same socket.
-fn wait(cx: &Arc<Context>, query: Vec<u8>, src: SocketAddr) {
+fn wait(cx: &Arc<Context>, request: Box<Request>, src: SocketAddr) {
     let Ok(permit) = cx.waiting.clone().try_acquire_owned() else {
         tracing::debug!(%src, "too many queries waiting; dropped");
         return;
@@ -282,7 +283,7 @@ fn wait(cx: &Arc<Context>, query: Vec<u8>, src: SocketAddr) {
     let cx = cx.clone();
     let runtime = cx.runtime.clone();
     runtime.spawn(async move {
-        if let Some(answer) = packet::respond(&cx.handler, &query, src, Protocol::Udp).await {
+        if let Some(answer) = packet::finish(&cx.handler, &request, Protocol::Udp).await {
             send(&cx.socket, &answer, src);
         }
         drop(permit);

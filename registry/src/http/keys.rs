@@ -148,14 +148,6 @@ impl hyper::body::Body for WatchBody {
     }
 }
 
-fn event_bytes(event: &v2::Event) -> Bytes {
-    let mut body = event.to_json();
-    if body.last() != Some(&b'\n') {
-        body.push(b'\n');
-    }
-    Bytes::from(body)
-}
-
 fn watch(node: &Arc<Node>, req: &v2::KeyRequest, head: bool) -> Response<Body> {
     let watch =
         node.shared
@@ -166,11 +158,7 @@ fn watch(node: &Arc<Node>, req: &v2::KeyRequest, head: bool) -> Response<Body> {
         Err(err) => respond(node, super::render_error(&err), head),
         Ok(Watch::Immediate(event)) => {
             let index = event.etcd_index;
-            let body = if head {
-                Vec::new()
-            } else {
-                event_bytes(&event).to_vec()
-            };
+            let body = if head { Vec::new() } else { event.to_json() };
             with_index(json(200, body), node, index)
         }
         Ok(Watch::Pending { id, rx, etcd_index }) => {
