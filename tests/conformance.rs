@@ -8,6 +8,8 @@
 
 #[path = "support/conformance.rs"]
 mod conformance_support;
+#[path = "support/ports.rs"]
+mod ports;
 
 use conformance_support::*;
 use std::time::Instant;

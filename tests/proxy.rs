@@ -720,7 +720,9 @@ fn wrk_finish(child: Child) -> WrkResult {
 
 #[test]
 fn reconfiguration_under_load_costs_no_request() {
-    let st = Stack::start(&[]);
+    // Three HTTP worker threads, so wrk's 16 connections are handed across threads.
+    let st = Stack::start(&["--threads", "3"]);
+    st.proxy.wait_log("threads=3", Duration::from_secs(5));
     let route = r#""http":{"domain":"load.test"}"#;
     let blue1 = Echo::start("blue1");
     let blue2 = Echo::start("blue2");
@@ -885,6 +887,18 @@ fn a_vip_from_dns_accepts_tcp_and_reaches_an_instance() {
         seen.insert(r.body.trim().to_string());
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["tcp-a", "tcp-b"]);
+    // A client that ends its write side right after the request (as `nc` does) still gets
+    // the answer: the splice passes the half-close on and keeps reading.
+    for i in 0..20 {
+        let mut s = TcpStream::connect(target).expect("connect to the VIP");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let r = parse(&String::from_utf8_lossy(&out));
+        assert_eq!(r.status, 200, "half-closed request {i}: {r:?}");
+    }
     // Instances gone: the listener closes.
     st.deregister("tcpsvc", "h1:a:9000");
     st.deregister("tcpsvc", "h1:b:9000");
@@ -1133,15 +1147,23 @@ fn a_vip_outside_loopback_is_put_on_berth0_and_reachable_from_a_container() {
         st.proxy.log()
     );
     let img = Image::busybox();
-    // busybox's static wget crashes in a scratch image; nc speaks the HTTP by hand.
-    let script = format!("printf 'GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' | nc -w 5 {vip} 9000");
+    // busybox's static wget crashes in a scratch image; nc speaks the HTTP by hand (and ends
+    // its write side after the request). nc exits silently when the connection is closed
+    // or reset, so its exit code goes to stderr.
+    let script = format!(
+        "printf 'GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' | nc -w 5 {vip} 9000; echo \"nc exit $?\" >&2"
+    );
     let out = docker_out(&["run", "--rm", &img.tag, "sh", "-c", &script]);
     let reply = parse(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(
         (reply.status, reply.body.as_str()),
         (200, "ctr-a\n"),
-        "from a container: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "from a container ({}): stdout {:?}, stderr {:?}\n{:#}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).trim(),
+        st.routes(),
+        st.proxy.log()
     );
     st.deregister("ctrsvc", "h1:a:9000");
     let gone = eventually(Duration::from_secs(5), || (!on_berth0()).then_some(()));

@@ -182,9 +182,9 @@ def cmd_report(args):
            meta["kernel"], meta["wrk_version"], meta["conns"], meta["duration"], meta["warmup"]))
     L.append("")
     L.append("**Placement (same for every proxy).** *1 thread*: the proxy pinned to CPU 0 (`taskset -c 0`; "
-             "berth with `TOKIO_WORKER_THREADS=1`, HAProxy `nbthread 1`, nginx `worker_processes 1`), wrk "
+             "berth with `--threads 1`, HAProxy `nbthread 1`, nginx `worker_processes 1`), wrk "
              "(`-t1`) and the backend pinned to CPU 1. *2 threads*: nothing pinned, berth with "
-             "`TOKIO_WORKER_THREADS=2`, HAProxy `nbthread 2`, nginx `worker_processes 2`, wrk `-t2`; proxy, "
+             "`--threads 2`, HAProxy `nbthread 2`, nginx `worker_processes 2`, wrk `-t2`; proxy, "
              "backend and wrk share both cores. The *direct* row is wrk straight to the backend with the same "
              "placement of wrk and backend, i.e. the most any proxy could reach there. All three proxies keep "
              "connections to the backend alive (nginx: `upstream { keepalive 64; }`, `proxy_http_version 1.1`; "

@@ -9,6 +9,9 @@ use ipnet::Ipv4Net;
 use crate::balance::Policy;
 use crate::error::ConfigError;
 
+/// Most HTTP worker threads `--threads` accepts.
+pub const MAX_THREADS: usize = 256;
+
 /// Flags of `berth proxy`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -80,6 +83,10 @@ pub struct Args {
     /// Seconds open connections get to finish on shutdown.
     #[arg(long, env = "BERTH_DRAIN", default_value_t = 5)]
     pub drain: u64,
+    /// Threads serving HTTP clients, each with its own event loop and keep-alive pool
+    /// (HAProxy's nbthread); 0 for one per CPU.
+    #[arg(long, env = "BERTH_PROXY_THREADS", default_value_t = 0)]
+    pub threads: usize,
 }
 
 impl Args {
@@ -106,6 +113,7 @@ impl Args {
             health_interval_ms: 2000,
             access_log: false,
             drain: 5,
+            threads: 0,
         }
     }
 
@@ -143,6 +151,13 @@ impl Args {
                 ))
             }
         };
+        if self.threads > MAX_THREADS {
+            return Err(ConfigError::Threads(self.threads));
+        }
+        let threads = match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let name = self.vip_interface.trim();
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
             return Err(ConfigError::Interface(self.vip_interface.clone()));
@@ -164,6 +179,7 @@ impl Args {
             health_interval: Duration::from_millis(self.health_interval_ms),
             access_log: self.access_log,
             drain: Duration::from_secs(self.drain),
+            threads,
         })
     }
 }
@@ -188,6 +204,8 @@ pub struct Config {
     pub health_interval: Duration,
     pub access_log: bool,
     pub drain: Duration,
+    /// HTTP worker threads (at least 1).
+    pub threads: usize,
 }
 
 impl Config {
@@ -230,6 +248,11 @@ mod tests {
         a.tls_key = Some("/nonexistent/key.pem".into());
         let e = a.config().unwrap_err().to_string();
         assert!(e.contains("--tls-cert /nonexistent/cert.pem"), "{e}");
+        let mut a = Args::defaults();
+        a.threads = MAX_THREADS + 1;
+        assert!(a.config().unwrap_err().to_string().contains("--threads"));
+        a.threads = 0;
+        assert!(a.config().unwrap().threads >= 1);
         let mut a = Args::defaults();
         a.endpoints = "ftp://x".into();
         assert!(matches!(a.config(), Err(ConfigError::Endpoints(_))));

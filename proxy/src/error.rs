@@ -17,6 +17,8 @@ pub enum ConfigError {
     Tls(String),
     #[error("--health-path {0:?} must start with /")]
     HealthPath(String),
+    #[error("--threads {0} is more than {max}; use 0 for one thread per CPU", max = crate::config::MAX_THREADS)]
+    Threads(usize),
 }
 
 /// Why the proxy could not run.
@@ -35,4 +37,6 @@ pub enum Error {
     Registry(#[from] registry::client::ClientError),
     #[error("{0}")]
     Deploy(String),
+    #[error("cannot start an HTTP worker thread: {0}")]
+    Worker(std::io::Error),
 }

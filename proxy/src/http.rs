@@ -98,6 +98,10 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages have none: one pass over the names instead of a lookup per name.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
@@ -115,8 +119,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// An IP address as a header value, formatted without an intermediate `String`.
-fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
+/// An IP address as a header value, formatted without an intermediate `String`. Computed
+/// once per client connection.
+pub fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
     use std::io::Write;
     let mut buf = [0u8; 64];
     let mut w = &mut buf[..];
@@ -132,11 +137,14 @@ fn bodiless(h: &HeaderMap) -> bool {
             .is_none_or(|v| v.as_bytes() == b"0")
 }
 
-/// Handles one request from `peer` (over TLS when `https`).
+/// Handles one request from `peer` (`client_ip`: its address as a header value; over TLS
+/// when `https`), forwarding it over `conns`.
 pub async fn handle(
     state: Arc<State>,
+    conns: Arc<ConnPool>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    client_ip: HeaderValue,
     https: bool,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
@@ -227,7 +235,6 @@ pub async fn handle(
     if !headers.contains_key(header::HOST) {
         headers.insert(header::HOST, host_value.clone());
     }
-    let client_ip = ip_header_value(peer.ip());
     let xff = match headers
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
@@ -282,8 +289,7 @@ pub async fn handle(
         };
         let _in_flight = InFlight::new(&backend.upstream);
         let sent =
-            tokio::time::timeout(config.response_timeout, send(&state.pool, backend.addr, up))
-                .await;
+            tokio::time::timeout(config.response_timeout, send(&conns, backend.addr, up)).await;
         match sent {
             Ok(Ok((mut resp, sender))) => {
                 backend.upstream.succeed();
@@ -315,7 +321,7 @@ pub async fn handle(
                 }
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
-                let body = PooledBody::new(rb, state.pool.clone(), backend.addr, sender);
+                let body = PooledBody::new(rb, conns.clone(), backend.addr, sender);
                 return Response::from_parts(rp, body.boxed());
             }
             Ok(Err(SendError::Connect(e))) => {

@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -150,14 +149,7 @@ async fn accept_loop(
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            r = registry::http::serve::accept(&listener) => r,
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
@@ -170,7 +162,7 @@ async fn accept_loop(
 
 async fn splice(state: Arc<State>, mut client: TcpStream, vip: SocketAddr) {
     let Some(pool) = state.table().l4(vip).cloned() else {
-        tracing::debug!("VIP no longer in the table; closing");
+        tracing::info!("VIP no longer in the table; connection closed");
         return;
     };
     pool.metrics.l4_connections.fetch_add(1, Ordering::Relaxed);

@@ -21,6 +21,7 @@
 //! | [`l4`] | VIP listeners and TCP splicing (I/O) |
 //! | [`vipnet`] | VIP addresses on the dummy interface `berth0`, by netlink (I/O) |
 //! | [`server`] | [`run`]: catalog -> table loop, health checks, admin endpoints |
+//! | [`workers`] | the HTTP listener: accept, hand each client to one of `--threads` single-threaded runtimes |
 //! | [`deploy`] | `berth deploy`: blue-green with Docker and a compare-and-swap route flip |
 //! | [`error`] | typed errors |
 
@@ -36,6 +37,7 @@ pub mod server;
 pub mod table;
 pub mod tls;
 pub mod vipnet;
+pub mod workers;
 
 pub use balance::Policy;
 pub use config::{Args, Config};

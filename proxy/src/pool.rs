@@ -106,7 +106,9 @@ impl ConnPool {
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
             .map_err(ConnectError::Io)?;
         let _ = stream.set_nodelay(true);
+        // Requests are small: head and body in one buffer, one plain write.
         let (sender, conn) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;

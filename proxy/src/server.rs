@@ -36,7 +36,8 @@ pub struct State {
     upstreams: Mutex<Upstreams>,
     /// For active health checks.
     pub client: UpstreamClient,
-    /// Keep-alive connections for forwarded requests.
+    /// Keep-alive connections for requests forwarded from the TLS listener (each HTTP worker
+    /// thread has its own).
     pub pool: Arc<ConnPool>,
     vip_addrs: Mutex<Vec<SocketAddr>>,
 }
@@ -149,15 +150,7 @@ pub async fn run(
             shutdown.child_token(),
         ));
     }
-    let st = state.clone();
-    let handler = move |req: Request<Incoming>, peer: SocketAddr| {
-        crate::http::handle(st.clone(), req, peer, false)
-    };
-    let options = ServeOptions {
-        header_read_timeout: Some(state.config.header_timeout),
-        grace: state.config.drain,
-    };
-    serve_with(listeners.http, "http", handler, shutdown, options).await;
+    crate::workers::serve(listeners.http, state, shutdown).await?;
     Ok(())
 }
 

@@ -62,14 +62,7 @@ pub async fn serve(
         loop {
             let (stream, peer): (_, SocketAddr) = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                r = registry::http::serve::accept(&listener) => r,
             };
             let _ = stream.set_nodelay(true);
             let (acceptor, state) = (acceptor.clone(), state.clone());
@@ -90,11 +83,13 @@ pub async fn serve(
                             return;
                         }
                     };
+                    let ip = crate::http::ip_header_value(peer.ip());
                     let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
+                        let (state, ip) = (state.clone(), ip.clone());
                         async move {
+                            let pool = state.pool.clone();
                             Ok::<_, std::convert::Infallible>(
-                                crate::http::handle(state, req, peer, true).await,
+                                crate::http::handle(state, pool, req, peer, ip, true).await,
                             )
                         }
                     });

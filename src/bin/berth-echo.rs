@@ -226,7 +226,13 @@ async fn main() {
                 let name = name.clone();
                 async move { Ok::<_, Infallible>(handle(name, health, req).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            // Half-close support: a client (busybox nc, or an L4 proxy passing its client's
+            // shutdown on) may end its write side right after the request and still wait for
+            // the answer. Without it hyper often closed such a connection unanswered when an
+            // L4 VIP listener passed the request and the half-close on together.
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().half_close(true);
+            let _ = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
         });

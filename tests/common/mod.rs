@@ -2,7 +2,6 @@
 //! default, or the real etcd 3.4 where a test needs etcd itself.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,13 +18,9 @@ pub struct Etcd {
     pub peer_url: String,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// The berth binary under test.
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");

@@ -7,7 +7,10 @@ pub mod docker;
 pub mod etcd;
 pub mod http;
 pub mod open_registry;
+pub mod ports;
 pub mod proc;
+
+pub use ports::free_port;
 
 pub use cluster::{Cluster, MemberProc};
 pub use etcd::Etcd;
@@ -20,12 +23,6 @@ use std::time::{Duration, Instant};
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 /// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
 
 /// Polls `f` until it returns `Some` or the deadline passes.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {

@@ -416,6 +416,87 @@ async fn run_load(
     }))
 }
 
+/// One long-poll watcher on a plain socket: the request is written by hand and the answer
+/// read with one `read` per arrival, so the client adds as little as possible to the time
+/// measured (a hyper client connection costs several task wake-ups per answer).
+struct RawWatcher {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    status: u16,
+    /// Where the body starts in `buf`, once the head is in.
+    body_at: usize,
+    content_length: Option<usize>,
+}
+
+impl RawWatcher {
+    async fn open(addr: &str, path: &str) -> Result<RawWatcher> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        stream.set_nodelay(true)?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(req.as_bytes()).await?;
+        Ok(RawWatcher {
+            stream,
+            buf: Vec::with_capacity(1024),
+            status: 0,
+            body_at: 0,
+            content_length: None,
+        })
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed after {} bytes", self.buf.len());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Reads the status line and headers.
+    async fn read_head(&mut self) -> Result<()> {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                self.status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| anyhow!("bad status line in {head:?}"))?;
+                self.content_length = head.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                });
+                self.body_at = end + 4;
+                return Ok(());
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads the body to its end (Content-Length or chunked) and returns it (chunk framing
+    /// left in: only its presence matters here).
+    async fn read_body(&mut self) -> Result<Vec<u8>> {
+        loop {
+            let body = &self.buf[self.body_at..];
+            let complete = match self.content_length {
+                Some(n) => body.len() >= n,
+                None => body.ends_with(b"0\r\n\r\n"),
+            };
+            if complete {
+                return Ok(body.to_vec());
+            }
+            self.fill().await?;
+        }
+    }
+}
+
 async fn run_watch(args: &Args, target: &str) -> Result<Value> {
     let addr = authority(target);
     let key_path = format!("/v2/keys/{}/watchkey", args.prefix);
@@ -439,7 +520,7 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
     let errors = Errors::new();
     // Each answered watcher hands its connection back, so no connection is closed while the
     // fan-out is measured (closing 10,000 sockets would load both sides).
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Instant, bool, Option<Conn>)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Instant, bool, Option<RawWatcher>)>();
     let setup_start = Instant::now();
     for _ in 0..n {
         let sem = sem.clone();
@@ -450,27 +531,24 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
         let wait_path = wait_path.clone();
         tokio::spawn(async move {
             let r: Result<()> = async {
-                let mut conn = {
+                let mut w = {
                     let _permit = sem.acquire().await?;
-                    let c = Conn::open(&addr).await?;
-                    c
+                    RawWatcher::open(&addr, &wait_path).await?
                 };
-                conn.sender.ready().await?;
-                let req = conn.build(Method::GET, &wait_path, None);
-                let resp = conn.sender.send_request(req).await?;
+                w.read_head().await?;
                 // Both etcd and berth send the headers as soon as the watcher is registered.
                 registered.fetch_add(1, Ordering::Relaxed);
-                let status = resp.status();
-                let body = resp.into_body().collect().await?.to_bytes();
+                let body = w.read_body().await?;
                 let t = Instant::now();
-                let good = status == StatusCode::OK && !body.is_empty();
+                let good = w.status == 200 && !body.is_empty();
                 if !good {
                     errors.add(format!(
-                        "watcher: {status} {}",
+                        "watcher: {} {}",
+                        w.status,
                         String::from_utf8_lossy(&body).trim()
                     ));
                 }
-                let _ = done_tx.send((t, good, Some(conn)));
+                let _ = done_tx.send((t, good, Some(w)));
                 Ok(())
             }
             .await;

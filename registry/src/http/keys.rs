@@ -96,15 +96,18 @@ pub(super) async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response
     }
 }
 
-/// Removes a watcher from the store when the HTTP side of a watch goes away.
+/// Removes a watcher from the store when the HTTP side of a watch goes away, unless the
+/// store removed it already (`shared` taken).
 struct WatchGuard {
-    shared: Arc<Shared>,
+    shared: Option<Arc<Shared>>,
     id: u64,
 }
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        self.shared.lock().store.unwatch(self.id);
+        if let Some(shared) = self.shared.take() {
+            shared.lock().store.unwatch(self.id);
+        }
     }
 }
 
@@ -115,7 +118,7 @@ struct WatchBody {
     rx: mpsc::Receiver<v2::WatchEvent>,
     stream: bool,
     done: bool,
-    _guard: WatchGuard,
+    guard: WatchGuard,
 }
 
 impl hyper::body::Body for WatchBody {
@@ -131,12 +134,19 @@ impl hyper::body::Body for WatchBody {
         }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(event)) => {
-                self.done = !self.stream;
+                if !self.stream {
+                    // The store drops a one-shot watcher as it sends the event: nothing to
+                    // unregister (10,000 watchers woken by one write would otherwise take
+                    // the store lock 10,000 more times).
+                    self.done = true;
+                    self.guard.shared = None;
+                }
                 Poll::Ready(Some(Ok(Frame::data(event.json()))))
             }
             // The store dropped the watcher (it fell behind, or a snapshot replaced the store).
             Poll::Ready(None) => {
                 self.done = true;
+                self.guard.shared = None;
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
@@ -166,8 +176,8 @@ fn watch(node: &Arc<Node>, req: &v2::KeyRequest, head: bool) -> Response<Body> {
                 rx,
                 stream: req.stream,
                 done: false,
-                _guard: WatchGuard {
-                    shared: node.shared.clone(),
+                guard: WatchGuard {
+                    shared: Some(node.shared.clone()),
                     id,
                 },
             };

@@ -72,39 +72,15 @@ pub async fn serve_with<F, Fut, B>(
         loop {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = accept(&listener) => accepted,
             };
-            let _ = stream.set_nodelay(true);
-            let handler = handler.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req, peer).await) }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            if let Some(t) = options.header_read_timeout {
-                builder
-                    .http1()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(t);
-            }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn.into_owned());
-            tokio::spawn(
-                async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                }
-                .instrument(tracing::debug_span!("conn", %peer)),
-            );
+            tokio::spawn(connection(
+                stream,
+                peer,
+                handler.clone(),
+                &options,
+                &graceful,
+            ));
         }
         drop(listener);
         // Long-poll watches never finish on their own: give the rest a short grace period.
@@ -113,4 +89,58 @@ pub async fn serve_with<F, Fut, B>(
     }
     .instrument(span)
     .await
+}
+
+/// The next connection on `listener`. A failed accept (usually EMFILE: out of descriptors)
+/// is logged and retried after 50 ms instead of spinning.
+pub async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(a) => return a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One accepted connection (HTTP/1.1 or h2c, with upgrades), served until it closes and
+/// watched by `graceful`; the caller spawns it (the proxy's workers count it when it ends).
+pub fn connection<F, Fut, B>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    handler: F,
+    options: &ServeOptions,
+    graceful: &GracefulShutdown,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req, peer).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Head and body in one buffer, one plain write: most answers are small, and a vectored
+    // write costs the kernel a copy and a check per piece (a large body costs one more copy).
+    builder.http1().writev(false);
+    if let Some(t) = options.header_read_timeout {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(t);
+    }
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = graceful.watch(conn.into_owned());
+    async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+    .instrument(tracing::debug_span!("conn", %peer))
 }
