@@ -292,6 +292,18 @@ fn routes_by_host_and_path_with_forwarded_headers_and_clear_errors() {
     assert_eq!(st.get("shop.test", "/api/v1/x?q=1").body, "api\n");
     assert_eq!(st.get("shop.test", "/apix").body, "shop\n");
     assert_eq!(st.get("a.blog.test", "/").body, "fallback\n");
+    // A client that ends its write side after the request (as `nc` does) is answered.
+    for i in 0..10 {
+        let mut s = TcpStream::connect(st.http).expect("connect to the proxy");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let r = parse(&String::from_utf8_lossy(&out));
+        assert_eq!(r.status, 200, "half-closed request {i}: {r:?}");
+    }
 
     let h = st.get("shop.test", "/headers");
     assert!(h.body.contains("x-forwarded-for: 127.0.0.1"), "{}", h.body);

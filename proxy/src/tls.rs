@@ -96,6 +96,7 @@ pub async fn serve(
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     builder
                         .http1()
+                        .half_close(true)
                         .timer(TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(10));
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);

@@ -59,6 +59,7 @@ pub async fn serve(
     let options = ServeOptions {
         header_read_timeout: Some(state.config.header_timeout),
         grace: state.config.drain,
+        half_close: true,
     };
     let mut workers = Vec::new();
     let mut threads = Vec::new();

@@ -26,6 +26,10 @@ pub struct ServeOptions {
     pub header_read_timeout: Option<Duration>,
     /// How long open connections get to finish after `shutdown`.
     pub grace: Duration,
+    /// Answer a client that ends its write side after its request (`nc`, some HTTP/1.0
+    /// tools), as HAProxy and nginx do. Off, a read EOF closes the connection at once: what
+    /// the registry wants, where a long-poll watcher whose client went away must not linger.
+    pub half_close: bool,
 }
 
 impl Default for ServeOptions {
@@ -33,6 +37,7 @@ impl Default for ServeOptions {
         ServeOptions {
             header_read_timeout: None,
             grace: Duration::from_millis(500),
+            half_close: false,
         }
     }
 }
@@ -128,7 +133,7 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Head and body in one buffer, one plain write: most answers are small, and a vectored
     // write costs the kernel a copy and a check per piece (a large body costs one more copy).
-    builder.http1().writev(false);
+    builder.http1().writev(false).half_close(options.half_close);
     if let Some(t) = options.header_read_timeout {
         builder
             .http1()
