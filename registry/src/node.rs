@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{member_id, ClusterState, Config};
 use crate::error::Error;
-use crate::raft::log_store::{LogCloser, LogStore, CF_LOGS, CF_META};
+use crate::raft::log_store::{LogStore, CF_LOGS, CF_META};
 use crate::raft::network::{NetworkFactory, PeerClient, PeerError};
 use crate::raft::state_machine::{Shared, StateMachine, CF_SM};
+use crate::raft::thread::RaftThread;
 use crate::raft::{Applied, Member, NodeId, Proposal, Raft};
 use crate::stats::PeerCounters;
 use crate::v2::{self, KeyRequest};
@@ -105,7 +106,8 @@ pub struct Node {
     reads: mpsc::UnboundedSender<ReadWaiter>,
     writes: mpsc::UnboundedSender<WriteWaiter>,
     forwards: mpsc::UnboundedSender<ForwardWaiter>,
-    log_closer: LogCloser,
+    /// Where openraft, the write batcher, the ReadIndex rounds and the peer listener run.
+    raft_thread: Arc<RaftThread>,
     /// Write batches in flight hold these; draining waits until all are back.
     write_permits: Arc<tokio::sync::Semaphore>,
     /// Set when the member is stopping: it proposes nothing new.
@@ -333,7 +335,7 @@ pub fn now_ns() -> i64 {
 /// Memtable size of the Raft log's column family.
 const LOG_MEMTABLE_BYTES: usize = 8 << 20;
 
-fn open_db(path: &Path) -> Result<Arc<DB>, Error> {
+pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, Error> {
     std::fs::create_dir_all(path)?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -369,9 +371,10 @@ impl Node {
 
         let (sm, shared) = StateMachine::open(db.clone()).map_err(raft_err)?;
         let log = LogStore::new(db.clone());
-        let log_closer = log.closer();
         let counters = Arc::new(PeerCounters::default());
-        let network = NetworkFactory::new(peers.clone(), counters.clone());
+        // Raft RPCs get a connection pool of their own: its connections are opened from the
+        // consensus thread and so are driven there, never by the client runtime.
+        let network = NetworkFactory::new(PeerClient::new(), counters.clone());
         let raft_config = openraft::Config {
             cluster_name: config.initial_cluster_token.clone(),
             heartbeat_interval: config.heartbeat_ms,
@@ -387,8 +390,14 @@ impl Node {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);
-        let raft = Raft::new(identity.id, raft_config, network, log, sm)
+        // openraft spawns its tasks on the runtime that creates it: the consensus thread.
+        let raft_thread = Arc::new(RaftThread::start("raft")?);
+        let id = identity.id;
+        let raft = raft_thread
+            .handle()
+            .spawn(async move { Raft::new(id, raft_config, network, log, sm).await })
             .await
+            .map_err(raft_err)?
             .map_err(raft_err)?;
 
         if config.initial_cluster_state == ClusterState::New
@@ -415,11 +424,12 @@ impl Node {
         }
 
         let (reads, read_rx) = mpsc::unbounded_channel();
-        tokio::spawn(read_index_rounds(raft.clone(), read_rx));
+        let on_raft = raft_thread.handle();
+        on_raft.spawn(read_index_rounds(raft.clone(), read_rx));
         let (writes, write_rx) = mpsc::unbounded_channel();
         let write_permits = Arc::new(tokio::sync::Semaphore::new(WRITE_BATCHES_IN_FLIGHT));
         let draining = Arc::new(AtomicBool::new(false));
-        tokio::spawn(write_batches(
+        on_raft.spawn(write_batches(
             raft.clone(),
             write_permits.clone(),
             draining.clone(),
@@ -442,7 +452,7 @@ impl Node {
             reads,
             writes,
             forwards,
-            log_closer,
+            raft_thread,
             write_permits,
             draining,
         }))
@@ -543,14 +553,19 @@ impl Node {
         }
     }
 
-    /// Stops Raft and then the log's IO thread, so nothing is inside RocksDB at exit.
+    /// Stops Raft and then the consensus thread, so nothing is inside RocksDB at exit.
     pub async fn shutdown(&self) {
         self.drain().await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        let closer = self.log_closer.clone();
-        let _ = tokio::task::spawn_blocking(move || closer.close()).await;
+        let raft_thread = self.raft_thread.clone();
+        let _ = tokio::task::spawn_blocking(move || raft_thread.stop()).await;
+    }
+
+    /// The consensus thread's runtime: the peer listener is served there.
+    pub fn raft_runtime(&self) -> &tokio::runtime::Handle {
+        self.raft_thread.handle()
     }
 
     /// The current leader, if known.

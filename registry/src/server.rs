@@ -20,10 +20,22 @@ pub async fn run(
     // the node is ready to answer them; nobody sees a half-started member.
     let node = Node::start(&config).await?;
     tracing::info!(id = %format!("{:x}", node.id), name = %node.name, cluster = %format!("{:x}", node.cluster_id), "registry member started");
+    // Peer traffic is served on the consensus thread, apart from client connections: the
+    // listener moves to that thread's runtime, and so does every connection it accepts.
+    let peer_listener = peer_listener.into_std()?;
     let peer_task = {
         let node = node.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        let on_raft = node.raft_runtime().clone();
+        on_raft.spawn(async move {
+            let peer_listener = match TcpListener::from_std(peer_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve the peer listener; stopping");
+                    shutdown.cancel();
+                    return;
+                }
+            };
             crate::http::serve(
                 peer_listener,
                 "peer",

@@ -5,6 +5,7 @@
 //! - [`state_machine`]: the v2 [`Store`](crate::v2::Store) plus member attributes, applied
 //!   in log order; snapshots are persisted to RocksDB so a restart needs the disk alone.
 //! - [`network`]: the peer RPC client (HTTP/1.1 to each member's peer URL).
+//! - [`thread`]: the consensus thread all of the above (and the peer listener) run on.
 
 // openraft's StorageError is large; it is the error type the storage traits require.
 #[allow(clippy::result_large_err)]
@@ -12,6 +13,7 @@ pub mod log_store;
 pub mod network;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
+pub mod thread;
 
 use std::io::Cursor;
 

@@ -193,7 +193,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             data: std::mem::take(&mut self.data),
         };
-        persist_snapshot(&self.sm_db, &stored)?;
+        // Encoding and fsync'ing a large snapshot must not hold the consensus thread.
+        let db = self.sm_db.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            persist_snapshot(&db, &stored).map(|()| stored)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))??;
         tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), "snapshot built");
         Ok(Snapshot {
             meta: stored.meta,
@@ -255,11 +261,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Serialise under the lock so the snapshot matches `last_applied` exactly.
-        let data = {
-            let state = self.shared.lock();
+        // Serialise under the lock so the snapshot matches `last_applied` exactly (nothing is
+        // applied meanwhile: openraft awaits this before it applies more), on the blocking
+        // pool so a large store does not hold the consensus thread.
+        let shared = self.shared.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let state = shared.lock();
             serde_json::to_vec(&*state).expect("state serialises")
-        };
+        })
+        .await
+        .expect("snapshot serialisation does not panic");
         self.snapshot_counter += 1;
         let snapshot_id = match self.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshot_counter),
