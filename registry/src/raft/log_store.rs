@@ -225,9 +225,7 @@ mod tests {
     struct Fresh;
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Fresh {
-        async fn build(
-            &self,
-        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
             let db = crate::node::open_db(&dir.path().join("db")).expect("open RocksDB");
             let (sm, _shared) = StateMachine::open(db.clone())?;

@@ -195,11 +195,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         // Encoding and fsync'ing a large snapshot must not hold the consensus thread.
         let db = self.sm_db.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            persist_snapshot(&db, &stored).map(|()| stored)
-        })
-        .await
-        .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))??;
+        let stored =
+            tokio::task::spawn_blocking(move || persist_snapshot(&db, &stored).map(|()| stored))
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))??;
         tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), "snapshot built");
         Ok(Snapshot {
             meta: stored.meta,

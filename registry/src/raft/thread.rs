@@ -61,11 +61,7 @@ impl RaftThread {
     /// thread). Tasks still on it are dropped. Later calls do nothing.
     pub fn stop(&self) {
         self.signal_stop();
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread {
             let _ = thread.join();
         }
