@@ -105,7 +105,10 @@ mod tests {
         });
         t.stop();
         assert!(
-            alive_rx.recv().is_err(),
+            matches!(
+                alive_rx.recv_timeout(std::time::Duration::from_secs(5)),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+            ),
             "the pending task was dropped with the runtime"
         );
         t.stop();
