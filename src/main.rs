@@ -174,7 +174,7 @@ fn socket_addr(url: &str) -> Result<SocketAddr> {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
+    registry::http::serve::listen(addr).with_context(|| {
         format!("cannot listen for {what} on {addr}: is another berth or etcd running there? Pick another port with the flag.")
     })
 }

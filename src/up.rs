@@ -116,14 +116,12 @@ async fn tcp(
     addr: SocketAddr,
     flag: &'static str,
 ) -> Result<TcpListener, UpError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| UpError::Bind {
-            what,
-            addr,
-            flag,
-            source,
-        })
+    registry::http::serve::listen(addr).map_err(|source| UpError::Bind {
+        what,
+        addr,
+        flag,
+        source,
+    })
 }
 
 impl UpArgs {

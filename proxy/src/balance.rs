@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::shard::{self, Padded, Shard};
 use crate::table::{Backend, Pool};
 
 /// How the proxy spreads requests over a route's instances.
@@ -27,23 +28,61 @@ pub fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
-/// Health and load of one instance address.
+/// What one shard ([`crate::shard`]) counts of an instance's load.
 #[derive(Debug, Default)]
-pub struct Upstream {
+struct Load {
     /// Requests (or L4 connections) in flight.
-    pub in_flight: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// Requests or connections sent.
+    sent: AtomicU64,
+}
+
+/// Health and load of one instance address.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Written by every request: one slot per shard, added up when read.
+    load: Box<[Padded<Load>]>,
     /// Ejected until this [`now_ms`] time; 0 when admitted.
     ejected_until: AtomicU64,
     /// Consecutive failures.
     failures: AtomicU32,
-    /// Requests or connections sent, for `/metrics`.
-    pub sent: AtomicU64,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream::new(1)
+    }
 }
 
 /// Longest ejection after repeated failures.
 pub const EJECT_MAX: Duration = Duration::from_secs(30);
 
 impl Upstream {
+    /// An admitted, idle instance whose load is counted in `shards` slots.
+    pub fn new(shards: usize) -> Upstream {
+        Upstream {
+            load: shard::slots(shards),
+            ejected_until: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    /// Requests (or L4 connections) in flight, over all shards.
+    pub fn in_flight(&self) -> usize {
+        self.load
+            .iter()
+            .map(|l| l.in_flight.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Requests or connections sent, over all shards.
+    pub fn sent(&self) -> u64 {
+        self.load
+            .iter()
+            .map(|l| l.sent.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Whether the instance is ejected at `now`.
     pub fn is_ejected(&self, now: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now
@@ -77,15 +116,35 @@ impl Upstream {
 
 /// Per-address [`Upstream`]s, kept across routing tables so health and load follow an
 /// address from one table to the next.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Upstreams {
     map: HashMap<SocketAddr, Arc<Upstream>>,
+    /// Load slots of each [`Upstream`].
+    shards: usize,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Upstreams::new(1)
+    }
 }
 
 impl Upstreams {
+    /// No addresses yet; each will count its load in `shards` slots.
+    pub fn new(shards: usize) -> Upstreams {
+        Upstreams {
+            map: HashMap::new(),
+            shards,
+        }
+    }
+
     /// The state of `addr`, created when new.
     pub fn get(&mut self, addr: SocketAddr) -> Arc<Upstream> {
-        self.map.entry(addr).or_default().clone()
+        let shards = self.shards;
+        self.map
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Upstream::new(shards)))
+            .clone()
     }
 
     /// Keeps only the addresses in `used`.
@@ -118,7 +177,7 @@ pub fn pick<'a>(
     let candidates = (0..n)
         .map(|k| &pool.backends[(start + k) % n])
         .filter(|b| !tried.contains(&b.addr));
-    let mut best: Option<&Backend> = None;
+    let mut best: Option<(&Backend, usize)> = None;
     let mut fallback: Option<&Backend> = None;
     for b in candidates {
         if b.upstream.is_ejected(now) {
@@ -130,9 +189,9 @@ pub fn pick<'a>(
         match policy {
             Policy::RoundRobin => return Some(b),
             Policy::LeastConn => {
-                let load = b.upstream.in_flight.load(Ordering::Relaxed);
-                if best.is_none_or(|x| load < x.upstream.in_flight.load(Ordering::Relaxed)) {
-                    best = Some(b);
+                let load = b.upstream.in_flight();
+                if best.is_none_or(|(_, least)| load < least) {
+                    best = Some((b, load));
                     if load == 0 {
                         break;
                     }
@@ -140,21 +199,22 @@ pub fn pick<'a>(
             }
         }
     }
-    best.or(fallback)
+    best.map(|(b, _)| b).or(fallback)
 }
 
-/// Counts a request or connection in flight on an upstream while alive.
-pub struct InFlight(Arc<Upstream>);
+/// Counts a request or connection in flight on an upstream, in `shard`'s slot, while alive.
+pub struct InFlight<'a>(&'a Load);
 
-impl InFlight {
-    pub fn new(u: &Arc<Upstream>) -> InFlight {
-        u.in_flight.fetch_add(1, Ordering::Relaxed);
-        u.sent.fetch_add(1, Ordering::Relaxed);
-        InFlight(u.clone())
+impl<'a> InFlight<'a> {
+    pub fn new(u: &'a Upstream, shard: Shard) -> InFlight<'a> {
+        let load = shard::slot(&u.load, shard);
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        load.sent.fetch_add(1, Ordering::Relaxed);
+        InFlight(load)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -181,6 +241,7 @@ mod tests {
                 .collect(),
             cursor: AtomicUsize::new(0),
             metrics: Metrics::default().service("s"),
+            shard: 0,
         }
     }
 
@@ -259,11 +320,13 @@ mod tests {
 
     #[test]
     fn least_conn_prefers_idle() {
-        let mut ups = Upstreams::default();
+        // Loads counted by different shards add up.
+        let mut ups = Upstreams::new(2);
         let p = pool(&["10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"], &mut ups);
-        let _g1 = InFlight::new(&p.backends[0].upstream);
-        let _g2 = InFlight::new(&p.backends[0].upstream);
-        let _g3 = InFlight::new(&p.backends[2].upstream);
+        let _g1 = InFlight::new(&p.backends[0].upstream, 0);
+        let _g2 = InFlight::new(&p.backends[0].upstream, 1);
+        let _g3 = InFlight::new(&p.backends[2].upstream, 1);
+        assert_eq!(p.backends[0].upstream.in_flight(), 2);
         for _ in 0..5 {
             assert_eq!(
                 pick(&p, Policy::LeastConn, 1, &[]).unwrap().addr,
@@ -271,6 +334,8 @@ mod tests {
             );
         }
         drop(_g3);
+        assert_eq!(p.backends[2].upstream.in_flight(), 0);
+        assert_eq!(p.backends[2].upstream.sent(), 1);
         let picks: Vec<SocketAddr> = (0..4)
             .map(|_| pick(&p, Policy::LeastConn, 1, &[]).unwrap().addr)
             .collect();

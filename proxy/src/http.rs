@@ -22,9 +22,9 @@ use tracing::Instrument;
 
 use crate::balance::{now_ms, pick, InFlight};
 use crate::config::Config;
-use crate::metrics::ServiceMetrics;
 use crate::pool::{ConnPool, ConnectError, PooledBody};
-use crate::server::State;
+use crate::server::Worker;
+use crate::table::Pool;
 
 /// Boxed errors of bodies passing through.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -138,16 +138,16 @@ fn bodiless(h: &HeaderMap) -> bool {
 }
 
 /// Handles one request from `peer` (`client_ip`: its address as a header value; over TLS
-/// when `https`), forwarding it over `conns`.
+/// when `https`) on `worker`'s table and connections.
 pub async fn handle(
-    state: Arc<State>,
-    conns: Arc<ConnPool>,
+    worker: Arc<Worker>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     client_ip: HeaderValue,
     https: bool,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
+    let (state, conns) = (&worker.state, &worker.conns);
     let config = &state.config;
     // The authority as a header value: from the URI (HTTP/2, absolute form) or the Host
     // header (cloned, not copied). It becomes Host (when missing) and X-Forwarded-Host.
@@ -180,7 +180,7 @@ pub async fn handle(
     }
     let uri = req.uri().clone();
     let path = uri.path();
-    let table = state.table();
+    let table = state.table_of(worker.shard);
     let route = match table.route(host, path) {
         Ok(r) => r,
         Err(_) => {
@@ -287,14 +287,14 @@ pub async fn handle(
         } else {
             headers.clone()
         };
-        let _in_flight = InFlight::new(&backend.upstream);
+        let _in_flight = InFlight::new(&backend.upstream, pool.shard);
         let sent =
-            tokio::time::timeout(config.response_timeout, send(&conns, backend.addr, up)).await;
+            tokio::time::timeout(config.response_timeout, send(conns, backend.addr, up)).await;
         match sent {
             Ok(Ok((mut resp, sender))) => {
                 backend.upstream.succeed();
                 let status = resp.status();
-                outcome.record(Some(&pool.metrics), status, &pool.service, &backend.id);
+                outcome.record(Some(&*pool), status, &pool.service, &backend.id);
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_upgrade) = client_upgrade {
                         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -350,7 +350,7 @@ pub async fn handle(
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
-                outcome.record(Some(&pool.metrics), status, &pool.service, &backend.id);
+                outcome.record(Some(&*pool), status, &pool.service, &backend.id);
                 let why = if status == StatusCode::PAYLOAD_TOO_LARGE {
                     format!(
                         "request body larger than {} bytes",
@@ -363,7 +363,7 @@ pub async fn handle(
             }
             Err(_) => {
                 outcome.record(
-                    Some(&pool.metrics),
+                    Some(&*pool),
                     StatusCode::GATEWAY_TIMEOUT,
                     &pool.service,
                     &backend.id,
@@ -386,7 +386,7 @@ pub async fn handle(
     } else {
         (StatusCode::BAD_GATEWAY, last_error)
     };
-    outcome.record(Some(&pool.metrics), status, &pool.service, "-");
+    outcome.record(Some(&*pool), status, &pool.service, "-");
     reply(status, &why)
 }
 
@@ -510,16 +510,10 @@ impl<'a> Outcome<'a> {
         }
     }
 
-    fn record(
-        &self,
-        metrics: Option<&ServiceMetrics>,
-        status: StatusCode,
-        service: &str,
-        instance: &str,
-    ) {
+    fn record(&self, pool: Option<&Pool>, status: StatusCode, service: &str, instance: &str) {
         let took = self.start.elapsed();
-        if let Some(m) = metrics {
-            m.observe(status.as_u16(), took);
+        if let Some(p) = pool {
+            p.metrics.observe(p.shard, status.as_u16(), took);
         }
         if self.config.access_log {
             tracing::info!(

@@ -97,7 +97,7 @@ impl Listeners {
             if self.running.contains_key(&addr) {
                 continue;
             }
-            match bind(addr) {
+            match registry::http::serve::listen(addr) {
                 Ok(listener) => {
                     let token = shutdown.child_token();
                     self.running.insert(addr, token.clone());
@@ -131,13 +131,6 @@ impl Listeners {
         v.sort();
         v
     }
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 async fn accept_loop(
@@ -182,7 +175,7 @@ async fn splice(state: Arc<State>, mut client: TcpStream, vip: SocketAddr) {
             Ok(Ok(mut upstream)) => {
                 backend.upstream.succeed();
                 let _ = upstream.set_nodelay(true);
-                let _in_flight = InFlight::new(&backend.upstream);
+                let _in_flight = InFlight::new(&backend.upstream, pool.shard);
                 let r = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 tracing::debug!(instance = %backend.addr, ?r, "connection closed");
                 return;

@@ -15,6 +15,7 @@
 //! | [`table`] | pure: catalog -> routing table (host/path routes, VIP listeners) |
 //! | [`balance`] | pure: round-robin / least-connections, passive health (ejection) |
 //! | [`metrics`] | counters and the Prometheus text |
+//! | [`shard`] | per-worker-thread tables and counter slots, so threads never write one cache line |
 //! | [`http`] | the L7 request path: forward, retry, upgrade, error replies (I/O) |
 //! | [`pool`] | keep-alive HTTP/1.1 connections to instances, returned when a body ends (I/O) |
 //! | [`tls`] | the HTTPS listener (rustls, ALPN h2/http1.1) |
@@ -34,6 +35,7 @@ pub mod l4;
 pub mod metrics;
 pub mod pool;
 pub mod server;
+pub mod shard;
 pub mod table;
 pub mod tls;
 pub mod vipnet;
@@ -42,5 +44,5 @@ pub mod workers;
 pub use balance::Policy;
 pub use config::{Args, Config};
 pub use error::{ConfigError, Error};
-pub use server::{bind, run, Bound, State};
+pub use server::{bind, run, Bound, State, Worker};
 pub use table::Table;

@@ -25,12 +25,15 @@ use crate::http::{upstream_client, ProxyBody, UpstreamClient};
 use crate::l4::Listeners;
 use crate::metrics::Metrics;
 use crate::pool::ConnPool;
+use crate::shard::{self, Padded, Shard};
 use crate::table::Table;
 
 /// Everything the request handlers share.
 pub struct State {
     pub config: Config,
-    table: RwLock<Arc<Table>>,
+    /// The current routing table of each shard ([`crate::shard`]): one per HTTP worker
+    /// thread, then the control runtime's. All are built from the same catalog snapshot.
+    tables: Box<[Padded<RwLock<Arc<Table>>>]>,
     pub catalog: Arc<Shared>,
     pub metrics: Metrics,
     upstreams: Mutex<Upstreams>,
@@ -43,38 +46,66 @@ pub struct State {
 }
 
 impl State {
-    /// State for `config` with an empty table.
+    /// State for `config` with empty tables.
     pub fn new(config: Config) -> State {
+        let shards = config.threads + 1;
         State {
             client: upstream_client(&config),
             pool: ConnPool::new(config.connect_timeout),
+            tables: (0..shards).map(|_| Padded::default()).collect(),
             config,
-            table: RwLock::new(Arc::new(Table::default())),
             catalog: Arc::new(Shared::default()),
-            metrics: Metrics::default(),
-            upstreams: Mutex::new(Upstreams::default()),
+            metrics: Metrics::new(shards),
+            upstreams: Mutex::new(Upstreams::new(shards)),
             vip_addrs: Mutex::new(Vec::new()),
         }
     }
 
-    /// The current routing table.
-    pub fn table(&self) -> Arc<Table> {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The control runtime's shard.
+    pub fn control_shard(&self) -> Shard {
+        shard::control(self.config.threads)
     }
 
-    /// Builds a table from the current catalog and swaps it in.
+    /// The current routing table of the control runtime (admin, health checks, VIPs, TLS).
+    pub fn table(&self) -> Arc<Table> {
+        self.table_of(self.control_shard())
+    }
+
+    /// The current routing table of `shard`.
+    pub fn table_of(&self, shard: Shard) -> Arc<Table> {
+        shard::slot(&self.tables, shard)
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Builds every shard's table from the current catalog and swaps them in.
     pub fn rebuild(&self) {
-        let table = {
+        let tables: Vec<Table> = {
             let catalog = self.catalog.read();
             let mut ups = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
-            Table::build(&catalog, &mut ups, &self.metrics)
+            (0..self.tables.len())
+                .map(|shard| Table::build(&catalog, &mut ups, &self.metrics, shard))
+                .collect()
         };
-        for c in &table.conflicts {
+        for c in &tables[0].conflicts {
             tracing::warn!(conflict = %c, "two services claim one route");
         }
         self.metrics.tables.fetch_add(1, Ordering::Relaxed);
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        for (slot, table) in self.tables.iter().zip(tables) {
+            *slot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        }
     }
+}
+
+/// What the request handlers of one HTTP worker thread (or of the TLS listener) share.
+/// Cloning its `Arc` and reading its table touch only that thread's cache lines, unlike
+/// [`State`], which every thread reads.
+pub struct Worker {
+    pub state: Arc<State>,
+    /// Keep-alive connections to instances.
+    pub conns: Arc<ConnPool>,
+    pub shard: Shard,
 }
 
 /// The proxy's bound listeners: HTTP, and optionally HTTPS and the admin endpoints.
@@ -87,9 +118,7 @@ pub struct Bound {
 /// Binds the listeners of the flags `--http-listen`, `--tls-listen` and `--admin-listen`.
 pub async fn bind(args: &crate::Args) -> Result<Bound, Error> {
     async fn b(addr: SocketAddr) -> Result<TcpListener, Error> {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Bind { addr, source })
+        registry::http::serve::listen(addr).map_err(|source| Error::Bind { addr, source })
     }
     Ok(Bound {
         http: b(args.http_listen).await?,
@@ -269,7 +298,8 @@ fn admin_handler(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
                             "id": &*b.id,
                             "addr": b.addr.to_string(),
                             "ejected": b.upstream.is_ejected(now_ms()),
-                            "in_flight": b.upstream.in_flight.load(Ordering::Relaxed),
+                            "in_flight": b.upstream.in_flight(),
+                            "sent": b.upstream.sent(),
                         })
                     })
                     .collect()

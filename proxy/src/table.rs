@@ -12,6 +12,7 @@ use registry::catalog::{Catalog, Instance, Proto};
 
 use crate::balance::{Upstream, Upstreams};
 use crate::metrics::{Metrics, ServiceMetrics};
+use crate::shard::Shard;
 
 /// An instance as a target of traffic.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct Pool {
     /// Round-robin position, private to this table.
     pub cursor: AtomicUsize,
     pub metrics: Arc<ServiceMetrics>,
+    /// The shard ([`crate::shard`]) whose table this is: the slot its requests count in.
+    pub shard: Shard,
 }
 
 /// An HTTP route: requests for `domain` (any host when `None`) whose path starts with `prefix`.
@@ -113,9 +116,15 @@ pub fn service_port(id: &str, inst: &Instance) -> u16 {
 }
 
 impl Table {
-    /// Builds the table for `catalog`. `upstreams` and `metrics` carry per-address health and
-    /// per-service counters across tables; entries no longer used are dropped from them.
-    pub fn build(catalog: &Catalog, upstreams: &mut Upstreams, metrics: &Metrics) -> Table {
+    /// Builds the table of `shard` for `catalog`. `upstreams` and `metrics` carry per-address
+    /// health and per-service counters across tables (and shards); entries no longer used are
+    /// dropped from them.
+    pub fn build(
+        catalog: &Catalog,
+        upstreams: &mut Upstreams,
+        metrics: &Metrics,
+        shard: Shard,
+    ) -> Table {
         let mut t = Table::default();
         // (domain, prefix) -> (service, backends); services visited in name order so a
         // conflict always resolves the same way.
@@ -180,6 +189,7 @@ impl Table {
                             backends,
                             cursor: AtomicUsize::new(0),
                             metrics: metrics.service(service),
+                            shard,
                         }),
                     );
                 }
@@ -194,6 +204,7 @@ impl Table {
                     service: Arc::from(service.as_str()),
                     backends,
                     cursor: AtomicUsize::new(0),
+                    shard,
                 }),
             };
             match domain {
@@ -287,7 +298,7 @@ mod tests {
     }
 
     fn build(c: &Catalog) -> Table {
-        Table::build(c, &mut Upstreams::default(), &Metrics::default())
+        Table::build(c, &mut Upstreams::default(), &Metrics::default(), 0)
     }
 
     fn addrs(r: &HttpRoute) -> Vec<String> {
@@ -436,13 +447,21 @@ mod tests {
             });
             c
         };
-        let t1 = Table::build(&c, &mut ups, &m);
-        let t2 = Table::build(&c, &mut ups, &m);
+        let t1 = Table::build(&c, &mut ups, &m, 0);
+        let t2 = Table::build(&c, &mut ups, &m, 1);
         let u1 = &t1.route("x", "/").unwrap().pool.backends[0].upstream;
         let u2 = &t2.route("x", "/").unwrap().pool.backends[0].upstream;
         assert!(Arc::ptr_eq(u1, u2));
+        // Each shard's table has pools (and round-robin cursors) of its own.
+        let (p1, p2) = (
+            &t1.route("x", "/").unwrap().pool,
+            &t2.route("x", "/").unwrap().pool,
+        );
+        assert!(!Arc::ptr_eq(p1, p2));
+        assert_eq!((p1.shard, p2.shard), (0, 1));
+        assert!(Arc::ptr_eq(&p1.metrics, &p2.metrics));
         assert_eq!(ups.len(), 2);
-        let t3 = Table::build(&Catalog::new(), &mut ups, &m);
+        let t3 = Table::build(&Catalog::new(), &mut ups, &m, 0);
         assert_eq!(ups.len(), 0);
         assert!(t3.route("x", "/").is_err());
     }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::ConfigError;
-use crate::server::State;
+use crate::server::{State, Worker};
 
 /// Loads the certificate chain and key and builds the rustls server configuration.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ConfigError> {
@@ -84,14 +84,14 @@ pub async fn serve(
                         }
                     };
                     let ip = crate::http::ip_header_value(peer.ip());
+                    let worker = Arc::new(Worker {
+                        conns: state.pool.clone(),
+                        shard: state.control_shard(),
+                        state,
+                    });
                     let service = hyper::service::service_fn(move |req| {
-                        let (state, ip) = (state.clone(), ip.clone());
-                        async move {
-                            let pool = state.pool.clone();
-                            Ok::<_, std::convert::Infallible>(
-                                crate::http::handle(state, pool, req, peer, ip, true).await,
-                            )
-                        }
+                        let fut = crate::http::handle(worker.clone(), req, peer, ip.clone(), true);
+                        async move { Ok::<_, std::convert::Infallible>(fut.await) }
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     builder

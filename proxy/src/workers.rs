@@ -26,13 +26,13 @@ use tracing::Instrument;
 use crate::error::Error;
 use crate::http::ip_header_value;
 use crate::pool::ConnPool;
-use crate::server::State;
+use crate::server::{State, Worker};
 
 /// An accepted client connection on its way to a worker.
 type Accepted = (std::net::TcpStream, SocketAddr);
 
 /// The acceptor's view of one worker.
-struct Worker {
+struct Slot {
     tx: mpsc::UnboundedSender<Accepted>,
     open: Arc<AtomicUsize>,
 }
@@ -71,7 +71,11 @@ pub async fn serve(
             .build()
             .map_err(Error::Worker)?;
         let (st, op, opts, stop) = (
-            state.clone(),
+            Worker {
+                state: state.clone(),
+                conns: ConnPool::new(state.config.connect_timeout),
+                shard: id,
+            },
             open.clone(),
             options.clone(),
             shutdown.clone(),
@@ -83,7 +87,7 @@ pub async fn serve(
                 runtime.block_on(run_worker(rx, st, op, opts, stop).instrument(span));
             })
             .map_err(Error::Worker)?;
-        workers.push(Worker { tx, open });
+        workers.push(Slot { tx, open });
         threads.push(thread);
     }
 
@@ -141,12 +145,12 @@ pub async fn serve(
 /// then gives open ones the grace period.
 async fn run_worker(
     mut rx: mpsc::UnboundedReceiver<Accepted>,
-    state: Arc<State>,
+    worker: Worker,
     open: Arc<AtomicUsize>,
     options: ServeOptions,
     shutdown: CancellationToken,
 ) {
-    let pool = ConnPool::new(state.config.connect_timeout);
+    let worker = Arc::new(worker);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -165,10 +169,10 @@ async fn run_worker(
             }
         };
         let handler = {
-            let (state, pool) = (state.clone(), pool.clone());
+            let worker = worker.clone();
             let ip = ip_header_value(peer.ip());
             move |req: Request<Incoming>, peer: SocketAddr| {
-                crate::http::handle(state.clone(), pool.clone(), req, peer, ip.clone(), false)
+                crate::http::handle(worker.clone(), req, peer, ip.clone(), false)
             }
         };
         let conn = connection(stream, peer, handler, &options, &graceful);
