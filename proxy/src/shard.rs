@@ -1,12 +1,12 @@
 //! Per-thread copies of what every request writes.
 //!
 //! When two worker threads update one atomic, its cache line moves between their cores on
-//! every update, and each move costs more than the rest of a request's bookkeeping together.
-//! So every HTTP worker thread gets a shard of its own: its own routing table (round-robin
-//! cursors and reference counts that only it touches) and its own slot in every per-service
-//! counter and per-instance load; whoever reads them (`/metrics`, least-connections, `/routes`)
-//! adds the slots up. Shard `n` belongs to worker `n`; the last one is shared by everything on
-//! the control runtime (the TLS listener, VIP listeners, health checks).
+//! every update, and each move is a cache miss on the request path. So every HTTP worker
+//! thread gets a shard of its own: its own routing table (round-robin cursors and reference
+//! counts that only it touches) and its own slot in every per-service counter and per-instance
+//! load; whoever reads them (`/metrics`, least-connections, `/routes`) adds the slots up.
+//! Shard `n` belongs to worker `n`; the last one is shared by everything on the control
+//! runtime (the TLS listener, VIP listeners, health checks).
 
 use std::ops::Deref;
 
