@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -270,6 +271,28 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Log lines that may wait for the writer thread (about 200 bytes each).
+const LOG_QUEUE_LINES: usize = 16 * 1024;
+
+/// Says, now and then, how many log lines were dropped because stderr did not keep up.
+/// While the queue is full this warning is dropped too; `total` in a later one counts all.
+async fn report_dropped_log_lines(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let mut reported = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let now = counter.dropped_lines();
+        if now > reported {
+            tracing::warn!(
+                dropped = now - reported,
+                total = now,
+                "log lines dropped: stderr is not being read fast enough"
+            );
+            reported = now;
+        }
+    }
+}
+
 /// mimalloc rather than glibc's malloc: the proxy and the registry allocate many small,
 /// short-lived buffers per request, where glibc's arenas cost about twice as much.
 #[global_allocator]
@@ -289,15 +312,28 @@ fn main() -> ExitCode {
         // hickory-server logs every DNS query at info.
         format!("{},hickory_server=warn", cli.log)
     };
+    // Log lines go through a queue to one writer thread: a request, a watch or a Raft step
+    // never waits for stderr (a paused `| less`, a slow disk, a stuck log shipper). When the
+    // queue is full, lines are dropped and counted; `_flush` writes out the rest at exit.
+    let (writer, _flush) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("berth-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let dropped = writer.error_counter();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
+    runtime.spawn(report_dropped_log_lines(dropped));
     match runtime.block_on(real_main(cli)) {
         Ok(code) => code,
         Err(e) => {

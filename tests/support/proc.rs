@@ -10,6 +10,8 @@ use super::{eventually, BERTH};
 /// A long-running `berth` process (registrator, announce, proxy, ...) with its log in a temp dir.
 pub struct Proc {
     child: Option<Child>,
+    /// With [`Proc::start_unread_stderr`]: the read end of stderr, held open and never read.
+    unread: Option<std::process::ChildStderr>,
     /// A command that runs berth (e.g. `nsenter --net=...`), empty for berth itself.
     wrapper: Vec<String>,
     args: Vec<String>,
@@ -27,6 +29,7 @@ impl Proc {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut p = Proc {
             child: None,
+            unread: None,
             wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             args: args.to_vec(),
             log: dir.path().join("berth.log"),
@@ -34,6 +37,30 @@ impl Proc {
         };
         p.spawn();
         p
+    }
+
+    /// Runs `berth ARGS...` with stderr a pipe that nobody reads: once the pipe's 64 KiB are
+    /// full, every write to stderr would block (an operator's paused `berth ... | less`, a
+    /// stuck log shipper). There is no log to show.
+    pub fn start_unread_stderr(args: &[String]) -> Proc {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(BERTH)
+            .args(args)
+            .env("BERTH_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth");
+        let unread = child.stderr.take();
+        Proc {
+            child: Some(child),
+            unread,
+            wrapper: Vec::new(),
+            args: args.to_vec(),
+            log: dir.path().join("berth.log"),
+            _dir: dir,
+        }
     }
 
     pub fn spawn(&mut self) {
@@ -75,6 +102,27 @@ impl Proc {
             "{needle:?} not logged within {timeout:?}; log:\n{}",
             self.log()
         );
+    }
+
+    /// Every thread's stack of the running process, by gdb when it is installed: what a
+    /// process that stopped answering is waiting for.
+    pub fn stacks(&self) -> String {
+        let Some(c) = &self.child else {
+            return "(not running)".into();
+        };
+        match Command::new("gdb")
+            .args([
+                "-batch",
+                "-p",
+                &c.id().to_string(),
+                "-ex",
+                "thread apply all bt",
+            ])
+            .output()
+        {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Err(e) => format!("(no stacks: gdb: {e})"),
+        }
     }
 
     pub fn kill9(&mut self) {

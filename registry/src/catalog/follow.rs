@@ -81,8 +81,8 @@ async fn follow_part(
                 });
                 loaded[me].store(true, Ordering::Release);
                 if loaded.iter().all(|l| l.load(Ordering::Acquire)) && !shared.is_synced() {
-                    tracing::info!("catalog loaded from the registry");
                     shared.set_synced();
+                    tracing::info!("catalog loaded from the registry");
                 }
                 set_live(true);
                 backoff = BACKOFF_MIN;
