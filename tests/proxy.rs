@@ -73,6 +73,11 @@ struct Stack {
 
 impl Stack {
     fn start(extra: &[&str]) -> Stack {
+        Stack::start_proxy(extra, Proc::start)
+    }
+
+    /// `start` runs the proxy process with its arguments.
+    fn start_proxy(extra: &[&str], start: fn(&[String]) -> Proc) -> Stack {
         let cluster = Cluster::start(1);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -90,13 +95,21 @@ impl Stack {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proxy = Proc::start(&args);
+        let mut proxy = start(&args);
         let ok = eventually(Duration::from_secs(15), || {
             http::get(&format!("http://{admin}/health"))
                 .ok()
                 .filter(|r| r.status == 200)
         });
-        assert!(ok.is_some(), "proxy not ready:\n{}", proxy.log());
+        if ok.is_none() {
+            let last = http::get(&format!("http://{admin}/health"));
+            panic!(
+                "proxy not ready within 15 s (last /health: {last:?}; exited: {:?}):\n{}\nthreads:\n{}",
+                proxy.exited(),
+                proxy.log(),
+                proxy.stacks()
+            );
+        }
         Stack {
             cluster,
             proxy,
@@ -685,6 +698,106 @@ struct WrkResult {
     non2xx: u64,
     socket_errors: u64,
     raw: String,
+}
+
+#[test]
+fn a_proxy_whose_stderr_is_not_read_keeps_serving() {
+    // With --access-log every request writes a line of about 170 bytes, so 2,000 requests
+    // fill the 64 KiB of an unread stderr pipe five times over. Logging must not make a
+    // request wait for stderr: lines that cannot be written are dropped instead.
+    let st = Stack::start_proxy(&[], Proc::start_unread_stderr);
+    let echo = Echo::start("quiet");
+    st.register(
+        "quiet",
+        "a",
+        &inst(echo.addr, r#""http":{"domain":"quiet.test"}"#),
+        0,
+    );
+    st.wait_backends("quiet.test", &[echo.addr]);
+    for i in 0..2000 {
+        let r = st.get("quiet.test", &format!("/n/{i}"));
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "quiet\n"),
+            "request {i} with stderr unread: {r:?}"
+        );
+    }
+    // The control side (catalog watch, table rebuild, admin) is not held up either.
+    let second = Echo::start("second");
+    st.register(
+        "quiet",
+        "b",
+        &inst(second.addr, r#""http":{"domain":"quiet.test"}"#),
+        0,
+    );
+    st.wait_backends("quiet.test", &[echo.addr, second.addr]);
+    let bodies: Vec<String> = (0..4).map(|_| st.get("quiet.test", "/").body).collect();
+    assert!(
+        bodies.iter().any(|b| b == "second\n"),
+        "the new instance gets requests: {bodies:?}"
+    );
+}
+
+/// The proxy's sockets to `to`, by state (`ss`), leaving out TIME-WAIT (already closed).
+fn sockets_to(to: SocketAddr) -> Vec<String> {
+    let out = Command::new("ss")
+        .args(["-Htan", "dst", &to.to_string()])
+        .output()
+        .expect("ss (apt-get install iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|state| state != "TIME-WAIT")
+        .collect()
+}
+
+#[test]
+fn idle_connections_to_a_removed_instance_are_closed() {
+    let st = Stack::start(&[]);
+    let stay = Echo::start("stay");
+    let go = Echo::start("go");
+    for (id, e) in [("stay", &stay), ("go", &go)] {
+        st.register(
+            "idle",
+            id,
+            &inst(e.addr, r#""http":{"domain":"idle.test"}"#),
+            0,
+        );
+    }
+    st.wait_backends("idle.test", &[stay.addr, go.addr]);
+    for _ in 0..20 {
+        assert_eq!(st.get("idle.test", "/").status, 200);
+    }
+    // Each instance now has keep-alive connections from the proxy, idle in its pools.
+    assert!(
+        !sockets_to(go.addr).is_empty(),
+        "no pooled connection to {}",
+        go.addr
+    );
+    assert!(!sockets_to(stay.addr).is_empty());
+
+    st.deregister("idle", "go");
+    st.wait_backends("idle.test", &[stay.addr]);
+    let swept = eventually(Duration::from_secs(10), || {
+        sockets_to(go.addr).is_empty().then_some(())
+    });
+    assert!(
+        swept.is_some(),
+        "the proxy still holds {:?} to the removed instance",
+        sockets_to(go.addr)
+    );
+    // The instance still routed keeps its pooled connections, and /metrics counts them.
+    assert!(!sockets_to(stay.addr).is_empty());
+    let idle = st
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_proxy_idle_upstream_connections "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(
+        matches!(idle, Some(n) if n >= 1.0 && n as usize <= sockets_to(stay.addr).len()),
+        "idle connections in /metrics: {idle:?}"
+    );
+    assert_eq!(st.get("idle.test", "/").body, "stay\n");
 }
 
 fn wrk_start(addr: SocketAddr, host: &str, secs: u64, conns: u32) -> Child {

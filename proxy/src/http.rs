@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::pool::{ConnPool, ConnectError, PooledBody};
 use crate::server::Worker;
 use crate::table::Pool;
+use crate::upstream;
 
 /// Boxed errors of bodies passing through.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -215,7 +216,7 @@ pub async fn handle(
     drop(table);
 
     let upgrade = wants_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let retryable = bodiless(req.headers()) && !upgrade;
     let (mut parts, body) = req.into_parts();
     let outcome = Outcome::new(config, peer, &parts.method, path, host, start);
@@ -232,9 +233,7 @@ pub async fn handle(
         headers.insert(header::UPGRADE, p);
     }
     let host_value = host_value.clone().expect("checked: the request has a host");
-    if !headers.contains_key(header::HOST) {
-        headers.insert(header::HOST, host_value.clone());
-    }
+    let missing_host = !headers.contains_key(header::HOST);
     let xff = match headers
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
@@ -243,25 +242,35 @@ pub async fn handle(
         Some(v) => v,
         None => client_ip.clone(),
     };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
-    headers.insert(X_FORWARDED_HOST.clone(), host_value);
-    headers.insert(X_REAL_IP.clone(), client_ip);
+    // Set by the proxy, replacing whatever the client sent under these names.
+    let forwarded = [
+        (&X_FORWARDED_FOR, xff),
+        (
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static(if https { "https" } else { "http" }),
+        ),
+        (&X_FORWARDED_HOST, host_value.clone()),
+        (&X_REAL_IP, client_ip),
+    ];
     // Instances get the request target in origin form (h2 and absolute-form requests
     // carry scheme and authority in the URI; the Host header has the authority).
-    let target: Uri = if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .map(Uri::from)
-            .unwrap_or_else(|| Uri::from_static("/"))
-    } else {
-        parts.uri.clone()
-    };
+    let absolute = parts.uri.scheme().is_some() || parts.uri.authority().is_some();
+    // A request without a body goes out on the proxy's own client: its head is written
+    // once here, straight from the client's headers and the forwarding ones, and sent as
+    // is to each instance tried.
+    let raw_head = retryable.then(|| {
+        let mut head = Vec::with_capacity(512);
+        let target = match parts.uri.path_and_query() {
+            Some(pq) => pq.as_str(),
+            None if absolute => "/",
+            None => parts.uri.path(),
+        };
+        let host = missing_host.then_some(&host_value);
+        upstream::encode_request(&mut head, &parts.method, target, host, &headers, &forwarded);
+        head
+    });
+    let is_head = parts.method == hyper::Method::HEAD;
+    let idempotent = idempotent(&parts.method);
 
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error = String::new();
@@ -274,55 +283,68 @@ pub async fn handle(
         if attempt > 0 {
             pool.metrics.retries.fetch_add(1, Ordering::Relaxed);
         }
-        let mut up = Request::new(if retryable {
-            empty()
-        } else {
-            body.take().unwrap_or_else(empty)
-        });
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = target.clone();
-        *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = if attempt + 1 == attempts {
-            std::mem::take(&mut headers)
-        } else {
-            headers.clone()
-        };
         let _in_flight = InFlight::new(&backend.upstream, pool.shard);
-        let sent =
-            tokio::time::timeout(config.response_timeout, send(conns, backend.addr, up)).await;
-        match sent {
-            Ok(Ok((mut resp, sender))) => {
+        let exchange = async {
+            if let Some(head) = &raw_head {
+                let resp = send_raw(conns, backend.addr, head, is_head, idempotent).await?;
+                return Ok(resp.map(|b| b.boxed()));
+            }
+            // The one attempt of a request with a body or an upgrade: hyper's client.
+            let mut up = Request::new(body.take().unwrap_or_else(empty));
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = if absolute {
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .map_or_else(|| Uri::from_static("/"), Uri::from)
+            } else {
+                parts.uri.clone()
+            };
+            *up.version_mut() = Version::HTTP_11;
+            let mut headers = std::mem::take(&mut headers);
+            if missing_host {
+                headers.insert(header::HOST, host_value.clone());
+            }
+            for (name, value) in &forwarded {
+                headers.insert((*name).clone(), value.clone());
+            }
+            *up.headers_mut() = headers;
+            let (mut resp, sender) = send(conns, backend.addr, up).await?;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client_upgrade) = client_upgrade.take() {
+                    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                    let span = tracing::debug_span!("upgrade", %peer, instance = %backend.addr);
+                    tokio::spawn(
+                        async move {
+                            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                                Ok((c, u)) => {
+                                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                                    let r = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                                    tracing::debug!(?r, "upgraded connection closed");
+                                }
+                                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                            }
+                        }
+                        .instrument(span),
+                    );
+                }
+                return Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()));
+            }
+            let resp =
+                resp.map(|b| PooledBody::new(b, conns.clone(), backend.addr, sender).boxed());
+            Ok::<Response<ProxyBody>, SendError>(resp)
+        };
+        match tokio::time::timeout(config.response_timeout, exchange).await {
+            Ok(Ok(mut resp)) => {
                 backend.upstream.succeed();
                 let status = resp.status();
                 outcome.record(Some(&*pool), status, &pool.service, &backend.id);
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_upgrade) = client_upgrade {
-                        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                        let span = tracing::debug_span!("upgrade", %peer, instance = %backend.addr);
-                        tokio::spawn(
-                            async move {
-                                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                                    Ok((c, u)) => {
-                                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                                        let r = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                                        tracing::debug!(?r, "upgraded connection closed");
-                                    }
-                                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                                }
-                            }
-                            .instrument(span),
-                        );
-                    }
-                    let (rp, rb) = resp.into_parts();
-                    return Response::from_parts(
-                        rp,
-                        rb.map_err(|e| Box::new(e) as BoxError).boxed(),
-                    );
+                // A 101 keeps Connection and Upgrade: they are what it answers.
+                if status != StatusCode::SWITCHING_PROTOCOLS {
+                    strip_hop_by_hop(resp.headers_mut());
                 }
-                let (mut rp, rb) = resp.into_parts();
-                strip_hop_by_hop(&mut rp.headers);
-                let body = PooledBody::new(rb, conns.clone(), backend.addr, sender);
-                return Response::from_parts(rp, body.boxed());
+                return resp;
             }
             Ok(Err(SendError::Connect(e))) => {
                 let d = backend.upstream.fail(now_ms(), config.eject);
@@ -332,10 +354,9 @@ pub async fn handle(
             }
             // The instance accepted the connection and closed it without a byte of answer
             // (e.g. Docker's port proxy in front of a container whose server is not up yet):
-            // an idempotent request without a body is safe to send to another instance.
-            Ok(Err(SendError::Http(e)))
-                if retryable && idempotent(&parts.method) && nothing_received(&e) =>
-            {
+            // an idempotent request without a body is safe to send to another instance, and
+            // one that was not even sent whole is safe whatever its method.
+            Ok(Err(SendError::Raw(e))) if e.safe_to_resend(idempotent) => {
                 let d = backend.upstream.fail(now_ms(), config.eject);
                 tracing::warn!(service = %pool.service, instance = %backend.addr, error = %e, eject_ms = d.as_millis() as u64, "instance closed the connection without answering; instance ejected");
                 last_error = format!(
@@ -343,6 +364,18 @@ pub async fn handle(
                     backend.addr
                 );
                 continue;
+            }
+            Ok(Err(SendError::Raw(e))) => {
+                outcome.record(
+                    Some(&*pool),
+                    StatusCode::BAD_GATEWAY,
+                    &pool.service,
+                    &backend.id,
+                );
+                return reply(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("instance {} failed: {e}", backend.addr),
+                );
             }
             Ok(Err(SendError::Http(e))) => {
                 let status = if body_too_large(&e) {
@@ -396,6 +429,36 @@ enum SendError {
     Connect(ConnectError),
     /// The exchange failed on an open connection.
     Http(hyper::Error),
+    /// The exchange on the proxy's own client failed.
+    Raw(upstream::ExchangeError),
+}
+
+impl From<hyper::Error> for SendError {
+    fn from(e: hyper::Error) -> Self {
+        SendError::Http(e)
+    }
+}
+
+/// Sends the bodiless request `head` to `addr` on the proxy's own client. When a kept-alive
+/// connection turns out to have been closed by the instance as the request went out, the
+/// request goes once more on a new connection if that is safe: it was not sent whole, or
+/// it is `idempotent`.
+async fn send_raw(
+    pool: &Arc<ConnPool>,
+    addr: SocketAddr,
+    head: &[u8],
+    is_head: bool,
+    idempotent: bool,
+) -> Result<Response<upstream::RawBody>, SendError> {
+    let (conn, reused) = pool.checkout_raw(addr).await.map_err(SendError::Connect)?;
+    match upstream::exchange(conn, head, is_head, pool, addr).await {
+        Err(e) if reused && e.safe_to_resend(idempotent) => {}
+        r => return r.map_err(SendError::Raw),
+    }
+    let conn = pool.connect_raw(addr).await.map_err(SendError::Connect)?;
+    upstream::exchange(conn, head, is_head, pool, addr)
+        .await
+        .map_err(SendError::Raw)
 }
 
 /// Sends `req` to `addr` on a pooled connection. A pooled connection that turns out to be
@@ -431,31 +494,6 @@ fn idempotent(m: &hyper::Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-/// Whether the instance closed the connection (or reset it) before any response byte.
-fn nothing_received(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() {
-        return true;
-    }
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() {
-                return true;
-            }
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            ) {
-                return true;
-            }
-        }
-        src = s.source();
-    }
-    false
 }
 
 fn body_too_large(e: &hyper::Error) -> bool {

@@ -18,6 +18,7 @@
 //! | [`shard`] | per-worker-thread tables and counter slots, so threads never write one cache line |
 //! | [`http`] | the L7 request path: forward, retry, upgrade, error replies (I/O) |
 //! | [`pool`] | keep-alive HTTP/1.1 connections to instances, returned when a body ends (I/O) |
+//! | [`upstream`] | the proxy's own HTTP/1.1 client for bodiless requests, in the request's task (I/O) |
 //! | [`tls`] | the HTTPS listener (rustls, ALPN h2/http1.1) |
 //! | [`l4`] | VIP listeners and TCP splicing (I/O) |
 //! | [`vipnet`] | VIP addresses on the dummy interface `berth0`, by netlink (I/O) |
@@ -38,6 +39,7 @@ pub mod server;
 pub mod shard;
 pub mod table;
 pub mod tls;
+pub mod upstream;
 pub mod vipnet;
 pub mod workers;
 

@@ -8,6 +8,12 @@
 //!
 //! This replaces hyper-util's general-purpose pool on the hot path: no URI is built or
 //! parsed to find a connection, and the request goes to the instance in origin form.
+//!
+//! Requests without a body use the proxy's own client ([`crate::upstream`]) and its
+//! connections, kept here too (`checkout_raw`/`checkin_raw`): plain sockets, no task each.
+//!
+//! [`ConnPool::sweep`], called from the control runtime, closes idle connections to
+//! addresses that are no longer routed to, past the idle timeout, or closed by the instance.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +30,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::http::{BoxError, ProxyBody};
+use crate::upstream::RawConn;
 
 /// Idle connections kept per instance.
 const MAX_IDLE_PER_ADDR: usize = 256;
@@ -38,6 +45,7 @@ struct Idle {
 /// The pool.
 pub struct ConnPool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    raw: Mutex<HashMap<SocketAddr, Vec<RawConn>>>,
     connect_timeout: Duration,
 }
 
@@ -70,6 +78,7 @@ impl ConnPool {
     pub fn new(connect_timeout: Duration) -> Arc<ConnPool> {
         Arc::new(ConnPool {
             idle: Mutex::new(HashMap::new()),
+            raw: Mutex::new(HashMap::new()),
             connect_timeout,
         })
     }
@@ -99,13 +108,51 @@ impl ConnPool {
         self.connect(addr).await
     }
 
-    /// A new connection to `addr`.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
+    /// A connection to `addr` for [`crate::upstream::exchange`]: an idle one that is still
+    /// open (`true`), or a new one (`false`).
+    pub async fn checkout_raw(&self, addr: SocketAddr) -> Result<(RawConn, bool), ConnectError> {
+        loop {
+            let idle = self
+                .raw
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&addr)
+                .and_then(Vec::pop);
+            let Some(mut conn) = idle else { break };
+            if conn.since.elapsed() <= IDLE_TIMEOUT && conn.still_open() {
+                return Ok((conn, true));
+            }
+        }
+        Ok((self.connect_raw(addr).await?, false))
+    }
+
+    /// A new connection to `addr` for [`crate::upstream::exchange`].
+    pub async fn connect_raw(&self, addr: SocketAddr) -> Result<RawConn, ConnectError> {
+        Ok(RawConn::new(self.open(addr).await?))
+    }
+
+    /// Returns a connection whose exchange is complete.
+    pub fn checkin_raw(&self, addr: SocketAddr, conn: RawConn) {
+        let mut idle = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_ADDR {
+            list.push(conn);
+        }
+    }
+
+    /// A TCP connection to `addr` with `TCP_NODELAY`, within the connect timeout.
+    async fn open(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
             .map_err(ConnectError::Io)?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// A new connection to `addr`.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
+        let stream = self.open(addr).await?;
         // Requests are small: head and body in one buffer, one plain write.
         let (sender, conn) = http1::Builder::new()
             .writev(false)
@@ -125,6 +172,46 @@ impl ConnPool {
             sender,
             reused: false,
         })
+    }
+
+    /// Closes the idle connections that are past the idle timeout, that the instance has
+    /// closed, or whose address `routed` rejects (an instance no longer in any route, e.g.
+    /// the old color after a flip): without this, an address that gets no more requests
+    /// keeps its sockets, in CLOSE_WAIT once the instance is gone, for as long as the proxy
+    /// runs. Returns how many were closed.
+    pub fn sweep(&self, routed: impl Fn(SocketAddr) -> bool) -> usize {
+        fn split<T>(
+            map: &Mutex<HashMap<SocketAddr, Vec<T>>>,
+            routed: &impl Fn(SocketAddr) -> bool,
+            mut usable: impl FnMut(&mut T) -> bool,
+        ) -> Vec<T> {
+            let mut gone = Vec::new();
+            let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|addr, list| {
+                if routed(*addr) {
+                    gone.extend(list.extract_if(.., |c| !usable(c)));
+                } else {
+                    gone.append(list);
+                }
+                !list.is_empty()
+            });
+            gone
+        }
+        // Dropped (closed) after the locks are released.
+        let hyper = split(&self.idle, &routed, |c| {
+            !c.sender.is_closed() && c.since.elapsed() <= IDLE_TIMEOUT
+        });
+        let raw = split(&self.raw, &routed, |c| {
+            c.since.elapsed() <= IDLE_TIMEOUT && c.still_open()
+        });
+        hyper.len() + raw.len()
+    }
+
+    /// Idle connections held, of both kinds.
+    pub fn idle_count(&self) -> usize {
+        let hyper = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        hyper.values().map(Vec::len).sum::<usize>() + raw.values().map(Vec::len).sum::<usize>()
     }
 
     /// Returns a connection whose exchange is complete.
@@ -213,5 +300,66 @@ impl Drop for PooledBody {
         if self.body.is_end_stream() {
             self.release();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A listener that accepts and keeps every connection until told to close them.
+    async fn instance() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close, mut closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                tokio::select! {
+                    a = listener.accept() => open.push(a.unwrap().0),
+                    _ = &mut closed => return,
+                }
+            }
+        });
+        (addr, close)
+    }
+
+    #[tokio::test]
+    async fn sweep_closes_idle_connections_to_unrouted_or_closed_instances() {
+        let pool = ConnPool::new(Duration::from_secs(2));
+        let (kept, close_kept) = instance().await;
+        let (dropped, _close_dropped) = instance().await;
+        for addr in [kept, dropped] {
+            for _ in 0..2 {
+                let conn = pool.connect_raw(addr).await.unwrap();
+                pool.checkin_raw(addr, conn);
+            }
+        }
+        let hyper = pool.connect(dropped).await.unwrap();
+        pool.checkin(dropped, hyper.sender);
+        assert_eq!(pool.idle_count(), 5);
+
+        // Nothing changed: nothing is closed.
+        assert_eq!(pool.sweep(|_| true), 0);
+        assert_eq!(pool.idle_count(), 5);
+
+        // `dropped` is no longer routed: its three go, `kept`'s two stay.
+        assert_eq!(pool.sweep(|a| a == kept), 3);
+        assert_eq!(pool.idle_count(), 2);
+        assert!(pool.raw.lock().unwrap().get(&dropped).is_none());
+
+        // The instance closes its side: the next sweep notices.
+        close_kept.send(()).unwrap();
+        let mut swept = 0;
+        for _ in 0..100 {
+            swept += pool.sweep(|a| a == kept);
+            if swept == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!((swept, pool.idle_count()), (2, 0));
+        assert!(pool.raw.lock().unwrap().is_empty());
     }
 }

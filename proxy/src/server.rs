@@ -2,6 +2,7 @@
 //! reconciles the VIP listeners, runs active health checks, and serves HTTP and the admin
 //! endpoints until `shutdown`.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -42,6 +43,8 @@ pub struct State {
     /// Keep-alive connections for requests forwarded from the TLS listener (each HTTP worker
     /// thread has its own).
     pub pool: Arc<ConnPool>,
+    /// Every keep-alive pool (`pool` and each worker's), for [`State::sweep_pools`].
+    pools: Mutex<Vec<Arc<ConnPool>>>,
     vip_addrs: Mutex<Vec<SocketAddr>>,
 }
 
@@ -49,9 +52,11 @@ impl State {
     /// State for `config` with empty tables.
     pub fn new(config: Config) -> State {
         let shards = config.threads + 1;
+        let pool = ConnPool::new(config.connect_timeout);
         State {
             client: upstream_client(&config),
-            pool: ConnPool::new(config.connect_timeout),
+            pools: Mutex::new(vec![pool.clone()]),
+            pool,
             tables: (0..shards).map(|_| Padded::default()).collect(),
             config,
             catalog: Arc::new(Shared::default()),
@@ -77,6 +82,38 @@ impl State {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// A new keep-alive pool (for one HTTP worker thread), swept with the others.
+    pub fn new_pool(&self) -> Arc<ConnPool> {
+        let pool = ConnPool::new(self.config.connect_timeout);
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pool.clone());
+        pool
+    }
+
+    /// Closes idle keep-alive connections to addresses no route has any more, and those
+    /// past their idle timeout or closed by the instance ([`ConnPool::sweep`]).
+    pub fn sweep_pools(&self) {
+        let table = self.table();
+        let routed: HashSet<SocketAddr> = table
+            .http_routes()
+            .flat_map(|r| r.pool.backends.iter().map(|b| b.addr))
+            .collect();
+        drop(table);
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let closed: usize = pools.iter().map(|p| p.sweep(|a| routed.contains(&a))).sum();
+        if closed > 0 {
+            tracing::debug!(closed, "idle connections to instances closed");
+        }
+    }
+
+    /// Idle keep-alive connections to instances, in every pool.
+    pub fn idle_connections(&self) -> usize {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.iter().map(|p| p.idle_count()).sum()
     }
 
     /// Builds every shard's table from the current catalog and swaps them in.
@@ -190,6 +227,7 @@ async fn follow_table(state: Arc<State>, shutdown: CancellationToken) {
     let mut vips = Listeners::default();
     loop {
         state.rebuild();
+        state.sweep_pools();
         vips.reconcile(&state, &shutdown).await;
         *state.vip_addrs.lock().unwrap_or_else(|e| e.into_inner()) = vips.addrs();
         tokio::select! {
@@ -198,7 +236,7 @@ async fn follow_table(state: Arc<State>, shutdown: CancellationToken) {
                 return;
             }
             r = changes.changed() => if r.is_err() { return },
-            // Retry failed VIP binds now and then even without a change.
+            // Retry failed VIP binds, and sweep the pools, now and then even without a change.
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
@@ -273,6 +311,7 @@ fn admin_handler(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
                 .unwrap_or_else(|e| e.into_inner())
                 .len() as f64;
             let live = if state.catalog.is_live() { 1.0 } else { 0.0 };
+            let idle = state.idle_connections() as f64;
             let body = state.metrics.render(&[
                 (
                     "berth_proxy_http_routes",
@@ -284,6 +323,11 @@ fn admin_handler(state: &State, req: Request<Incoming>) -> Response<ProxyBody> {
                     "berth_proxy_registry_live",
                     "1 while the registry watch is connected.",
                     live,
+                ),
+                (
+                    "berth_proxy_idle_upstream_connections",
+                    "Keep-alive connections to instances, idle in the pools.",
+                    idle,
                 ),
             ]);
             text(StatusCode::OK, "text/plain; version=0.0.4", body)

@@ -25,7 +25,6 @@ use tracing::Instrument;
 
 use crate::error::Error;
 use crate::http::ip_header_value;
-use crate::pool::ConnPool;
 use crate::server::{State, Worker};
 
 /// An accepted client connection on its way to a worker.
@@ -73,7 +72,7 @@ pub async fn serve(
         let (st, op, opts, stop) = (
             Worker {
                 state: state.clone(),
-                conns: ConnPool::new(state.config.connect_timeout),
+                conns: state.new_pool(),
                 shard: id,
             },
             open.clone(),
