@@ -134,6 +134,12 @@ impl Stack {
         assert!(r.status < 300, "register {id}: {} {}", r.status, r.body);
     }
 
+    /// Registers `addr` as instance `id` of `service` with an HTTP route for `domain`.
+    fn register_http(&self, service: &str, id: &str, addr: SocketAddr, domain: &str) {
+        let extra = format!(r#""http":{{"domain":"{domain}"}}"#);
+        self.register(service, id, &inst(addr, &extra), 0);
+    }
+
     fn deregister(&self, service: &str, id: &str) {
         let r = http::send(
             "DELETE",
@@ -277,12 +283,7 @@ fn routes_by_host_and_path_with_forwarded_headers_and_clear_errors() {
     let shop = Echo::start("shop");
     let api = Echo::start("api");
     let any = Echo::start("fallback");
-    st.register(
-        "shop",
-        "a",
-        &inst(shop.addr, r#""http":{"domain":"shop.test"}"#),
-        0,
-    );
+    st.register_http("shop", "a", shop.addr, "shop.test");
     st.register(
         "api",
         "a",
@@ -357,18 +358,8 @@ fn least_connections_avoids_the_busy_instance() {
     let st = Stack::start(&["--balance", "least-conn"]);
     let a = Echo::start("a");
     let b = Echo::start("b");
-    st.register(
-        "lc",
-        "a",
-        &inst(a.addr, r#""http":{"domain":"lc.test"}"#),
-        0,
-    );
-    st.register(
-        "lc",
-        "b",
-        &inst(b.addr, r#""http":{"domain":"lc.test"}"#),
-        0,
-    );
+    st.register_http("lc", "a", a.addr, "lc.test");
+    st.register_http("lc", "b", b.addr, "lc.test");
     st.wait_backends("lc.test", &[a.addr, b.addr]);
     // Two long requests: least-connections puts one on each instance.
     let http_addr = st.http;
@@ -429,12 +420,7 @@ fn connect_failures_are_retried_on_another_instance_and_ejected() {
     let live = Echo::start("live");
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     st.register("r", "dead", &inst(dead, r#""http":{"domain":"r.test"}"#), 0);
-    st.register(
-        "r",
-        "live",
-        &inst(live.addr, r#""http":{"domain":"r.test"}"#),
-        0,
-    );
+    st.register_http("r", "live", live.addr, "r.test");
     st.wait_backends("r.test", &[dead, live.addr]);
     for _ in 0..10 {
         let r = st.get("r.test", "/");
@@ -477,18 +463,8 @@ fn active_health_checks_eject_and_readmit() {
     ]);
     let good = Echo::start("good");
     let mut sick = Echo::start_with("sick", &["--health-status", "503"]);
-    st.register(
-        "hc",
-        "good",
-        &inst(good.addr, r#""http":{"domain":"hc.test"}"#),
-        0,
-    );
-    st.register(
-        "hc",
-        "sick",
-        &inst(sick.addr, r#""http":{"domain":"hc.test"}"#),
-        0,
-    );
+    st.register_http("hc", "good", good.addr, "hc.test");
+    st.register_http("hc", "sick", sick.addr, "hc.test");
     st.wait_backends("hc.test", &[good.addr, sick.addr]);
     let ejected = eventually(Duration::from_secs(5), || {
         let r = st.routes();
@@ -530,12 +506,7 @@ fn active_health_checks_eject_and_readmit() {
 fn websocket_echo_and_http2_through_the_proxy() {
     let st = Stack::start(&[]);
     let e = Echo::start("ws");
-    st.register(
-        "ws",
-        "a",
-        &inst(e.addr, r#""http":{"domain":"ws.test"}"#),
-        0,
-    );
+    st.register_http("ws", "a", e.addr, "ws.test");
     st.wait_backends("ws.test", &[e.addr]);
 
     let mut s = TcpStream::connect(st.http).unwrap();
@@ -707,12 +678,7 @@ fn a_proxy_whose_stderr_is_not_read_keeps_serving() {
     // request wait for stderr: lines that cannot be written are dropped instead.
     let st = Stack::start_proxy(&[], Proc::start_unread_stderr);
     let echo = Echo::start("quiet");
-    st.register(
-        "quiet",
-        "a",
-        &inst(echo.addr, r#""http":{"domain":"quiet.test"}"#),
-        0,
-    );
+    st.register_http("quiet", "a", echo.addr, "quiet.test");
     st.wait_backends("quiet.test", &[echo.addr]);
     for i in 0..2000 {
         let r = st.get("quiet.test", &format!("/n/{i}"));
@@ -724,12 +690,7 @@ fn a_proxy_whose_stderr_is_not_read_keeps_serving() {
     }
     // The control side (catalog watch, table rebuild, admin) is not held up either.
     let second = Echo::start("second");
-    st.register(
-        "quiet",
-        "b",
-        &inst(second.addr, r#""http":{"domain":"quiet.test"}"#),
-        0,
-    );
+    st.register_http("quiet", "b", second.addr, "quiet.test");
     st.wait_backends("quiet.test", &[echo.addr, second.addr]);
     let bodies: Vec<String> = (0..4).map(|_| st.get("quiet.test", "/").body).collect();
     assert!(
@@ -757,12 +718,7 @@ fn idle_connections_to_a_removed_instance_are_closed() {
     let stay = Echo::start("stay");
     let go = Echo::start("go");
     for (id, e) in [("stay", &stay), ("go", &go)] {
-        st.register(
-            "idle",
-            id,
-            &inst(e.addr, r#""http":{"domain":"idle.test"}"#),
-            0,
-        );
+        st.register_http("idle", id, e.addr, "idle.test");
     }
     st.wait_backends("idle.test", &[stay.addr, go.addr]);
     for _ in 0..20 {
@@ -1338,12 +1294,7 @@ fn tls_with_http2_and_http1_by_alpn() {
         key.to_str().unwrap(),
     ]);
     let e = Echo::start("secure");
-    st.register(
-        "sec",
-        "a",
-        &inst(e.addr, r#""http":{"domain":"tls.test"}"#),
-        0,
-    );
+    st.register_http("sec", "a", e.addr, "tls.test");
     st.wait_backends("tls.test", &[e.addr]);
     let curl = |version: &str| {
         let out = Command::new("curl")
