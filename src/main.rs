@@ -11,6 +11,7 @@ use registry::config::{parse_http_url, parse_initial_cluster, parse_urls};
 use registry::{ClusterState, Config};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
 #[command(
@@ -312,18 +313,24 @@ fn main() -> ExitCode {
         // hickory-server logs every DNS query at info.
         format!("{},hickory_server=warn", cli.log)
     };
-    // Log lines go through a queue to one writer thread: a request, a watch or a Raft step
+    // Servers queue their log lines to one writer thread: a request, a watch or a Raft step
     // never waits for stderr (a paused `| less`, a slow disk, a stuck log shipper). When the
-    // queue is full, lines are dropped and counted; `_flush` writes out the rest at exit.
-    let (writer, _flush) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .lossy(true)
-        .thread_name("berth-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
-    let dropped = writer.error_counter();
+    // queue is full, lines are dropped and counted. Short commands (ctl, deploy, ...) log
+    // little and write stderr directly, so their messages keep their order.
+    let (writer, flush) = if quiet {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    } else {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .buffered_lines_limit(LOG_QUEUE_LINES)
+            .lossy(true)
+            .thread_name("berth-log")
+            .finish(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stderr(),
+            ));
+        let dropped = writer.error_counter();
+        (BoxMakeWriter::new(writer), Some((guard, dropped)))
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(writer)
@@ -333,8 +340,15 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.spawn(report_dropped_log_lines(dropped));
-    match runtime.block_on(real_main(cli)) {
+    let guard = flush.map(|(guard, dropped)| {
+        runtime.spawn(report_dropped_log_lines(dropped));
+        guard
+    });
+    let result = runtime.block_on(real_main(cli));
+    drop(runtime);
+    // Writes out the queued lines (for at most about a second) before the final error.
+    drop(guard);
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("berth: {e:#}");

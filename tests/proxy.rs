@@ -673,14 +673,15 @@ struct WrkResult {
 
 #[test]
 fn a_proxy_whose_stderr_is_not_read_keeps_serving() {
-    // With --access-log every request writes a line of about 170 bytes, so 2,000 requests
-    // fill the 64 KiB of an unread stderr pipe five times over. Logging must not make a
-    // request wait for stderr: lines that cannot be written are dropped instead.
-    let st = Stack::start_proxy(&[], Proc::start_unread_stderr);
+    // With --access-log every request writes a line of about 170 bytes. 20,000 requests
+    // fill the 64 KiB of an unread stderr pipe and then the proxy's 16,384-line log queue.
+    // Logging must not make a request wait for stderr: lines that cannot be queued are
+    // dropped, and counted once stderr drains.
+    let mut st = Stack::start_proxy(&[], Proc::start_unread_stderr);
     let echo = Echo::start("quiet");
     st.register_http("quiet", "a", echo.addr, "quiet.test");
     st.wait_backends("quiet.test", &[echo.addr]);
-    for i in 0..2000 {
+    for i in 0..20_000 {
         let r = st.get("quiet.test", &format!("/n/{i}"));
         assert_eq!(
             (r.status, r.body.as_str()),
@@ -692,10 +693,34 @@ fn a_proxy_whose_stderr_is_not_read_keeps_serving() {
     let second = Echo::start("second");
     st.register_http("quiet", "b", second.addr, "quiet.test");
     st.wait_backends("quiet.test", &[echo.addr, second.addr]);
-    let bodies: Vec<String> = (0..4).map(|_| st.get("quiet.test", "/").body).collect();
+    let bodies: Vec<String> = (0..8).map(|_| st.get("quiet.test", "/").body).collect();
     assert!(
         bodies.iter().any(|b| b == "second\n"),
         "the new instance gets requests: {bodies:?}"
+    );
+
+    // Once someone reads stderr, the queued lines arrive and a warning counts the dropped.
+    let stderr = st.proxy.take_stderr().expect("stderr pipe");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("log lines dropped") {
+                let _ = tx.send(line);
+                return;
+            }
+        }
+    });
+    let warning = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("no 'log lines dropped' warning within 30 s of reading stderr");
+    let total: u64 = warning
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("total="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no total in {warning:?}"));
+    assert!(
+        (1..20_000).contains(&total),
+        "dropped lines counted: {warning}"
     );
 }
 

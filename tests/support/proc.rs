@@ -63,6 +63,11 @@ impl Proc {
         }
     }
 
+    /// The read end of stderr of a [`Proc::start_unread_stderr`] process, to start reading it.
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.unread.take()
+    }
+
     pub fn spawn(&mut self) {
         let log = File::options()
             .create(true)
@@ -104,25 +109,49 @@ impl Proc {
         );
     }
 
-    /// Every thread's stack of the running process, by gdb when it is installed: what a
-    /// process that stopped answering is waiting for.
+    /// Every thread's stack of the running process, by gdb when it is installed (and may
+    /// attach): what a process that stopped answering is waiting for. Without gdb, each
+    /// thread's name and kernel wait channel.
     pub fn stacks(&self) -> String {
         let Some(c) = &self.child else {
             return "(not running)".into();
         };
-        match Command::new("gdb")
+        let pid = c.id().to_string();
+        let gdb = Command::new("timeout")
             .args([
+                "30",
+                "gdb",
                 "-batch",
                 "-p",
-                &c.id().to_string(),
+                &pid,
                 "-ex",
                 "thread apply all bt",
             ])
-            .output()
-        {
-            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
-            Err(e) => format!("(no stacks: gdb: {e})"),
+            .output();
+        let mut out = match gdb {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("(no gdb stacks: {e})\n"),
+        };
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let read = |f: &str| {
+                    std::fs::read_to_string(t.path().join(f))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string()
+                };
+                out.push_str(&format!(
+                    "thread {}: wchan {}\n",
+                    read("comm"),
+                    read("wchan")
+                ));
+            }
         }
+        out
     }
 
     pub fn kill9(&mut self) {
