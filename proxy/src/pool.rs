@@ -42,6 +42,19 @@ struct Idle {
     since: Instant,
 }
 
+impl Idle {
+    /// Still open and not idle too long.
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && self.since.elapsed() <= IDLE_TIMEOUT
+    }
+}
+
+/// Whether an idle raw connection may serve another request: not idle too long, and not
+/// closed by the instance (one non-blocking read).
+fn raw_usable(conn: &mut RawConn) -> bool {
+    conn.since.elapsed() <= IDLE_TIMEOUT && conn.still_open()
+}
+
 /// The pool.
 pub struct ConnPool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
@@ -94,7 +107,7 @@ impl ConnPool {
     /// An idle connection to `addr` that is still open, or a new one.
     pub async fn checkout(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
         while let Some(mut idle) = self.pop(addr) {
-            if idle.sender.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
+            if !idle.usable() {
                 continue;
             }
             // Ready at once unless the last response's end is still being processed.
@@ -119,7 +132,7 @@ impl ConnPool {
                 .get_mut(&addr)
                 .and_then(Vec::pop);
             let Some(mut conn) = idle else { break };
-            if conn.since.elapsed() <= IDLE_TIMEOUT && conn.still_open() {
+            if raw_usable(&mut conn) {
                 return Ok((conn, true));
             }
         }
@@ -198,12 +211,8 @@ impl ConnPool {
             gone
         }
         // Dropped (closed) after the locks are released.
-        let hyper = split(&self.idle, &routed, |c| {
-            !c.sender.is_closed() && c.since.elapsed() <= IDLE_TIMEOUT
-        });
-        let raw = split(&self.raw, &routed, |c| {
-            c.since.elapsed() <= IDLE_TIMEOUT && c.still_open()
-        });
+        let hyper = split(&self.idle, &routed, |c| c.usable());
+        let raw = split(&self.raw, &routed, raw_usable);
         hyper.len() + raw.len()
     }
 

@@ -26,41 +26,25 @@ impl Proc {
 
     /// Runs `WRAPPER... berth ARGS...`, e.g. with `nsenter --net=/run/netns/x` in front.
     pub fn start_wrapped(wrapper: &[&str], args: &[String]) -> Proc {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut p = Proc {
-            child: None,
-            unread: None,
-            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
-            args: args.to_vec(),
-            log: dir.path().join("berth.log"),
-            _dir: dir,
-        };
+        let mut p = Proc::new(wrapper, args);
         p.spawn();
         p
     }
 
     /// Runs `berth ARGS...` with stderr a pipe that nobody reads: once the pipe's 64 KiB are
     /// full, every write to stderr would block (an operator's paused `berth ... | less`, a
-    /// stuck log shipper). There is no log to show.
+    /// stuck log shipper). There is no log to show. Logs at info whatever TEST_BERTH_LOG says.
     pub fn start_unread_stderr(args: &[String]) -> Proc {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(BERTH)
-            .args(args)
+        let mut p = Proc::new(&[], args);
+        let mut child = p
+            .command()
             .env("BERTH_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn berth");
-        let unread = child.stderr.take();
-        Proc {
-            child: Some(child),
-            unread,
-            wrapper: Vec::new(),
-            args: args.to_vec(),
-            log: dir.path().join("berth.log"),
-            _dir: dir,
-        }
+        p.unread = child.stderr.take();
+        p.child = Some(child);
+        p
     }
 
     /// The read end of stderr of a [`Proc::start_unread_stderr`] process, to start reading it.
@@ -68,12 +52,21 @@ impl Proc {
         self.unread.take()
     }
 
-    pub fn spawn(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
+    /// Not started yet.
+    fn new(wrapper: &[&str], args: &[String]) -> Proc {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Proc {
+            child: None,
+            unread: None,
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+            args: args.to_vec(),
+            log: dir.path().join("berth.log"),
+            _dir: dir,
+        }
+    }
+
+    /// `WRAPPER... berth ARGS...` with the test log level, no colours, stdout discarded.
+    fn command(&self) -> Command {
         let mut cmd = match self.wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -82,17 +75,23 @@ impl Proc {
             }
             None => Command::new(BERTH),
         };
-        let child = cmd
-            .args(&self.args)
+        cmd.args(&self.args)
             .env(
                 "BERTH_LOG",
                 std::env::var("TEST_BERTH_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn berth");
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    pub fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self.command().stderr(log).spawn().expect("spawn berth");
         self.child = Some(child);
     }
 
