@@ -95,6 +95,11 @@ impl Stack {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
+        // The catalog watch at debug: a proxy that never becomes ready shows how far it got.
+        args.extend([
+            "--log".to_string(),
+            "info,registry::catalog=debug".to_string(),
+        ]);
         let mut proxy = start(&args);
         let ok = eventually(Duration::from_secs(15), || {
             http::get(&format!("http://{admin}/health"))

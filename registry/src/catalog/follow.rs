@@ -70,8 +70,10 @@ async fn follow_part(
         shared.set_live(live.iter().all(|l| l.load(Ordering::Acquire)));
     };
     'resync: loop {
+        tracing::debug!("reading the registry");
         let index = match read(&client, part).await {
             Ok((node, index)) => {
+                tracing::debug!(index, "registry read");
                 shared.update(|c| {
                     match part {
                         Part::Services => c.load_services(node.as_ref()),
