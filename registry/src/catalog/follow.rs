@@ -4,8 +4,7 @@
 //! reading everything again. While the registry is unreachable the catalog is left as it is
 //! (readers keep serving from it) and the connection is retried with backoff.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::client::{codes, Client, ClientError, GetOptions, Node, WatchOptions};
@@ -35,19 +34,61 @@ impl Part {
     }
 }
 
+const PARTS: [Part; 2] = [Part::Services, Part::Berth];
+
+/// Where the watches of the parts stand, and so whether the catalog as a whole has been read
+/// (`synced`) and is current (`live`).
+///
+/// One lock rather than a flag per part: with separate flags, two watches finishing their
+/// reads at the same moment on two threads can each store their own flag and then read the
+/// other's as not yet set (a store-buffering race, which x86 allows for anything weaker
+/// than `SeqCst`). Neither would then mark the catalog synced, and nothing would ever retry.
+#[derive(Debug, Default)]
+struct Progress {
+    parts: Mutex<[PartState; 2]>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct PartState {
+    loaded: bool,
+    live: bool,
+}
+
+impl Progress {
+    /// Records that part `me` has been read and is live. Returns true for the one call that
+    /// completes the first read of every part: the catalog is synced from then on.
+    fn read_done(&self, me: usize, shared: &Shared) -> bool {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        let was_complete = parts.iter().all(|p| p.loaded);
+        parts[me] = PartState {
+            loaded: true,
+            live: true,
+        };
+        let first_complete = !was_complete && parts.iter().all(|p| p.loaded);
+        shared.set_live(parts.iter().all(|p| p.live));
+        if first_complete {
+            shared.set_synced();
+        }
+        first_complete
+    }
+
+    /// Records whether part `me`'s watch is connected; the catalog is live while all are.
+    fn set_live(&self, me: usize, live: bool, shared: &Shared) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts[me].live = live;
+        shared.set_live(parts.iter().all(|p| p.live));
+    }
+}
+
 /// Follows the registry until `shutdown`.
 pub async fn follow(client: Client, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let loaded = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
-    let live = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
-    let parts = [Part::Services, Part::Berth];
+    let progress = Arc::new(Progress::default());
     let mut tasks = Vec::new();
-    for (i, part) in parts.into_iter().enumerate() {
-        let (client, shared, loaded, live) =
-            (client.clone(), shared.clone(), loaded.clone(), live.clone());
+    for (i, part) in PARTS.into_iter().enumerate() {
+        let (client, shared, progress) = (client.clone(), shared.clone(), progress.clone());
         let span = tracing::info_span!("watch", prefix = part.prefix());
         tasks.push(tokio::spawn(
-            async move { follow_part(client, shared, part, i, loaded, live).await }
-                .instrument(span),
+            async move { follow_part(client, shared, part, i, progress).await }.instrument(span),
         ));
     }
     shutdown.cancelled().await;
@@ -61,14 +102,10 @@ async fn follow_part(
     shared: Arc<Shared>,
     part: Part,
     me: usize,
-    loaded: Arc<[AtomicBool; 2]>,
-    live: Arc<[AtomicBool; 2]>,
+    progress: Arc<Progress>,
 ) {
     let mut backoff = BACKOFF_MIN;
-    let set_live = |v: bool| {
-        live[me].store(v, Ordering::Release);
-        shared.set_live(live.iter().all(|l| l.load(Ordering::Acquire)));
-    };
+    let set_live = |v: bool| progress.set_live(me, v, &shared);
     'resync: loop {
         tracing::debug!("reading the registry");
         let index = match read(&client, part).await {
@@ -81,12 +118,9 @@ async fn follow_part(
                     }
                     c.observe_index(index);
                 });
-                loaded[me].store(true, Ordering::Release);
-                if loaded.iter().all(|l| l.load(Ordering::Acquire)) && !shared.is_synced() {
-                    shared.set_synced();
+                if progress.read_done(me, &shared) {
                     tracing::info!("catalog loaded from the registry");
                 }
-                set_live(true);
                 backoff = BACKOFF_MIN;
                 index
             }
@@ -148,5 +182,53 @@ async fn read(client: &Client, part: Part) -> Result<(Option<Node>, u64), Client
             Ok((None, index))
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalog_is_synced_once_every_part_has_been_read() {
+        let (p, shared) = (Progress::default(), Shared::default());
+        assert!(!p.read_done(0, &shared));
+        assert!(!shared.is_synced() && !shared.is_live());
+        assert!(p.read_done(1, &shared), "the second part completes the read");
+        assert!(shared.is_synced() && shared.is_live());
+        // A part that reads everything again (its watch index was cleared) does not
+        // announce the catalog a second time.
+        assert!(!p.read_done(0, &shared));
+        p.set_live(1, false, &shared);
+        assert!(!shared.is_live() && shared.is_synced());
+        p.set_live(1, true, &shared);
+        assert!(shared.is_live());
+    }
+
+    /// Both parts finishing their reads at the same moment on two threads: exactly one of
+    /// them completes the read, every time, and the catalog ends synced and live.
+    #[test]
+    fn reads_finishing_together_sync_the_catalog_exactly_once() {
+        use std::sync::Barrier;
+        for _ in 0..2_000 {
+            let (p, shared) = (Arc::new(Progress::default()), Arc::new(Shared::default()));
+            let start = Arc::new(Barrier::new(2));
+            let threads: Vec<_> = (0..2)
+                .map(|me| {
+                    let (p, shared, start) = (p.clone(), shared.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        p.read_done(me, &shared)
+                    })
+                })
+                .collect();
+            let completed = threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .filter(|c| *c)
+                .count();
+            assert_eq!(completed, 1);
+            assert!(shared.is_synced() && shared.is_live());
+        }
     }
 }
