@@ -175,17 +175,26 @@ fn socket_addr(url: &str) -> Result<SocketAddr> {
     })
 }
 
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    registry::http::serve::listen(addr).with_context(|| {
-        format!("cannot listen for {what} on {addr}: is another berth or etcd running there? Pick another port with the flag.")
+/// Binds a listener; the error names what it was for, the flag that gave the address, and
+/// what may hold it (`who`).
+async fn bind(addr: SocketAddr, what: &str, flag: &str, who: &str) -> Result<TcpListener> {
+    registry::http::serve::listen(addr).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen for {what} on {addr}: {e}; is {who} running there? \
+             Pick another address with {flag}"
+        )
     })
 }
 
 async fn bind_dns(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, TcpListener)> {
-    let udp = tokio::net::UdpSocket::bind(addr).await.with_context(|| {
-        format!("cannot listen for DNS on udp {addr}: is another DNS server there? Pick another address with --listen.")
+    let who = "another DNS server";
+    let udp = tokio::net::UdpSocket::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen for DNS on udp {addr}: {e}; is {who} running there? \
+             Pick another address with --listen"
+        )
     })?;
-    Ok((udp, bind(addr, "DNS over TCP").await?))
+    Ok((udp, bind(addr, "DNS over TCP", "--listen", who).await?))
 }
 
 fn shutdown_on_signal() -> CancellationToken {
@@ -204,6 +213,9 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// What may hold a registry's address.
+const REGISTRY_PEERS: &str = "another berth or etcd";
+
 async fn run_registry(
     config: Config,
     client_addrs: Vec<SocketAddr>,
@@ -211,9 +223,9 @@ async fn run_registry(
 ) -> Result<()> {
     let mut clients = Vec::new();
     for addr in client_addrs {
-        clients.push(bind(addr, "clients").await?);
+        clients.push(bind(addr, "clients", "--listen-client-urls", REGISTRY_PEERS).await?);
     }
-    let peer = bind(peer_addr, "peers").await?;
+    let peer = bind(peer_addr, "peers", "--listen-peer-urls", REGISTRY_PEERS).await?;
     registry::run(config, clients, peer, shutdown_on_signal()).await?;
     Ok(())
 }
@@ -299,6 +311,23 @@ async fn report_dropped_log_lines(counter: tracing_appender::non_blocking::Error
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The error and its causes, `: `-separated, leaving out a cause whose text the message
+/// already includes (many errors show their source in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(
@@ -351,7 +380,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("berth: {e:#}");
+            eprintln!("berth: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -372,3 +372,49 @@ fn bad_flags_are_refused_with_a_hint() {
     // Nothing was written for refused configurations.
     assert!(!dir.path().join("d").exists());
 }
+
+/// A member that cannot start says which flag to change, and gives the cause once.
+#[test]
+fn an_unusable_data_dir_is_named_with_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let out = Command::new(BERTH)
+        .args(["registry", "--name", "n1", "--data-dir"])
+        .arg(file.join("data"))
+        .args(["--listen-client-urls", "http://127.0.0.1:0"])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot create the data dir") && err.contains("--data-dir"),
+        "{err}"
+    );
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a directory");
+}
+
+#[test]
+fn a_busy_client_address_is_named_by_its_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = Command::new(BERTH)
+        .args(["registry", "--name", "n1", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .args(["--listen-client-urls", &format!("http://{addr}")])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen for clients on {addr}"))
+            && err.contains("--listen-client-urls"),
+        "{err}"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    assert!(!dir.path().join("d").exists(), "nothing is written");
+}

@@ -1371,3 +1371,28 @@ fn tls_with_http2_and_http1_by_alpn() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--tls-cert /nonexistent.pem"), "{err}");
 }
+
+/// A listener that cannot be bound is named by its flag, with the cause given once.
+#[test]
+fn a_busy_admin_address_is_named_by_its_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BERTH)
+        .args([
+            "proxy",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            &addr,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot bind {addr}")) && err.contains("--admin-listen"),
+        "{err}"
+    );
+    assert!(!err.contains("--http-listen"), "{err}");
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+}

@@ -26,9 +26,11 @@ pub enum ConfigError {
 pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot bind {addr}: {source}; is another proxy running there? choose another address with --http-listen")]
+    #[error("cannot bind {addr}: {source}; is another proxy running there? choose another address with {flag}")]
     Bind {
         addr: SocketAddr,
+        /// The flag that gave the address.
+        flag: &'static str,
         source: std::io::Error,
     },
     #[error("Docker: {0}")]

@@ -154,19 +154,16 @@ pub struct Bound {
 
 /// Binds the listeners of the flags `--http-listen`, `--tls-listen` and `--admin-listen`.
 pub async fn bind(args: &crate::Args) -> Result<Bound, Error> {
-    async fn b(addr: SocketAddr) -> Result<TcpListener, Error> {
-        registry::http::serve::listen(addr).map_err(|source| Error::Bind { addr, source })
+    fn b(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error> {
+        registry::http::serve::listen(addr).map_err(|source| Error::Bind { addr, flag, source })
     }
     Ok(Bound {
-        http: b(args.http_listen).await?,
-        tls: match args.tls_listen {
-            Some(a) => Some(b(a).await?),
-            None => None,
-        },
-        admin: match args.admin_listen {
-            Some(a) => Some(b(a).await?),
-            None => None,
-        },
+        http: b(args.http_listen, "--http-listen")?,
+        tls: args.tls_listen.map(|a| b(a, "--tls-listen")).transpose()?,
+        admin: args
+            .admin_listen
+            .map(|a| b(a, "--admin-listen"))
+            .transpose()?,
     })
 }
 

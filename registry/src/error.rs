@@ -20,6 +20,12 @@ pub enum Error {
         #[source]
         source: rocksdb::Error,
     },
+    #[error("cannot create the data dir {path}: {source}; check --data-dir and its permissions")]
+    CreateDataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the data dir was written by member {found:x}, but the flags describe member {expected:x}; use a fresh --data-dir")]
     IdentityMismatch { found: u64, expected: u64 },
     #[error("storage: {0}")]

@@ -336,7 +336,10 @@ pub fn now_ns() -> i64 {
 const LOG_MEMTABLE_BYTES: usize = 8 << 20;
 
 pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, Error> {
-    std::fs::create_dir_all(path)?;
+    std::fs::create_dir_all(path).map_err(|source| Error::CreateDataDir {
+        path: path.display().to_string(),
+        source,
+    })?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);

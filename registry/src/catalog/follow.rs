@@ -194,7 +194,10 @@ mod tests {
         let (p, shared) = (Progress::default(), Shared::default());
         assert!(!p.read_done(0, &shared));
         assert!(!shared.is_synced() && !shared.is_live());
-        assert!(p.read_done(1, &shared), "the second part completes the read");
+        assert!(
+            p.read_done(1, &shared),
+            "the second part completes the read"
+        );
         assert!(shared.is_synced() && shared.is_live());
         // A part that reads everything again (its watch index was cleared) does not
         // announce the catalog a second time.
