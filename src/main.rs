@@ -230,7 +230,7 @@ async fn run_registry(
     Ok(())
 }
 
-async fn real_main(cli: Cli) -> Result<ExitCode> {
+async fn real_main(cli: Cli, console: Console) -> Result<ExitCode> {
     match cli.command {
         Command::Registry(args) => {
             let (config, clients, peer) = args.config()?;
@@ -238,7 +238,7 @@ async fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Up(args) => {
             let listeners = berth::up::bind(&args).await?;
-            let say = |line: &str| eprintln!("berth up: {line}");
+            let say = |line: &str| console.line(&format!("berth up: {line}"));
             berth::up::run(args, listeners, shutdown_on_signal(), &say).await?;
         }
         Command::Registrator(args) => {
@@ -311,6 +311,26 @@ async fn report_dropped_log_lines(counter: tracing_appender::non_blocking::Error
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Where progress lines for the operator go (`berth up`'s): through the log queue when the
+/// command has one, so that they keep their place among the log lines.
+enum Console {
+    Stderr,
+    Queued(tracing_appender::non_blocking::NonBlocking),
+}
+
+impl Console {
+    fn line(&self, line: &str) {
+        match self {
+            Console::Stderr => eprintln!("{line}"),
+            Console::Queued(queue) => {
+                use std::io::Write;
+                // One write, so the line stays whole in the queue.
+                let _ = queue.clone().write_all(format!("{line}\n").as_bytes());
+            }
+        }
+    }
+}
+
 /// The error and its causes, `: `-separated, leaving out a cause whose text the message
 /// already includes (many errors show their source in their own message).
 fn error_chain(e: &anyhow::Error) -> String {
@@ -346,8 +366,8 @@ fn main() -> ExitCode {
     // never waits for stderr (a paused `| less`, a slow disk, a stuck log shipper). When the
     // queue is full, lines are dropped and counted. Short commands (ctl, deploy, ...) log
     // little and write stderr directly, so their messages keep their order.
-    let (writer, flush) = if quiet {
-        (BoxMakeWriter::new(std::io::stderr), None)
+    let (writer, flush, console) = if quiet {
+        (BoxMakeWriter::new(std::io::stderr), None, Console::Stderr)
     } else {
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .buffered_lines_limit(LOG_QUEUE_LINES)
@@ -358,7 +378,8 @@ fn main() -> ExitCode {
                 std::io::stderr(),
             ));
         let dropped = writer.error_counter();
-        (BoxMakeWriter::new(writer), Some((guard, dropped)))
+        let console = Console::Queued(writer.clone());
+        (BoxMakeWriter::new(writer), Some((guard, dropped)), console)
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -373,7 +394,7 @@ fn main() -> ExitCode {
         runtime.spawn(report_dropped_log_lines(dropped));
         guard
     });
-    let result = runtime.block_on(real_main(cli));
+    let result = runtime.block_on(real_main(cli, console));
     drop(runtime);
     // Writes out the queued lines (for at most about a second) before the final error.
     drop(guard);
