@@ -29,6 +29,18 @@ fn state(cluster: &Cluster) -> (String, String) {
     )
 }
 
+/// Runs `berth registry` with `args`, expects it to refuse to start, and returns its stderr.
+fn registry_refuses(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let out = Command::new(BERTH)
+        .arg("registry")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn seed(cluster: &Cluster) {
     for (k, v) in [("/a", "1"), ("/dir/b", "2"), ("/_hidden/c", "3")] {
         let r = http::put(&cluster.key_url(0, k), &format!("value={v}")).unwrap();
@@ -303,24 +315,22 @@ fn malformed_peer_and_member_requests_are_rejected() {
     // A member whose peer URL was never added cannot join, and says what to do.
     let dir = tempfile::tempdir().unwrap();
     let stranger = format!("http://127.0.0.1:{}", support::free_port());
-    let out = Command::new(BERTH)
-        .args(["registry", "--name", "stranger"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{}", support::free_port()),
-        ])
-        .args(["--listen-peer-urls", &stranger])
-        .args([
-            "--initial-cluster",
-            &format!("n1={peer},stranger={stranger}"),
-        ])
-        .args(["--initial-cluster-state", "existing"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let client = format!("http://127.0.0.1:{}", support::free_port());
+    let initial = format!("n1={peer},stranger={stranger}");
+    let err = registry_refuses(&[
+        &"--name",
+        &"stranger",
+        &"--data-dir",
+        &dir.path(),
+        &"--listen-client-urls",
+        &client,
+        &"--listen-peer-urls",
+        &stranger,
+        &"--initial-cluster",
+        &initial,
+        &"--initial-cluster-state",
+        &"existing",
+    ]);
     assert!(
         err.contains("no member with peer URL") && err.contains("member add"),
         "{err}"
@@ -373,21 +383,28 @@ fn bad_flags_are_refused_with_a_hint() {
     assert!(!dir.path().join("d").exists());
 }
 
+/// `registry_refuses` for a one-member cluster with its data in `data`, serving clients on
+/// `client` (peers on any port).
+fn single_member_refuses(data: &std::path::Path, client: &str) -> String {
+    registry_refuses(&[
+        &"--name",
+        &"n1",
+        &"--data-dir",
+        &data,
+        &"--listen-client-urls",
+        &client,
+        &"--listen-peer-urls",
+        &"http://127.0.0.1:0",
+    ])
+}
+
 /// A member that cannot start says which flag to change, and gives the cause once.
 #[test]
 fn an_unusable_data_dir_is_named_with_its_cause() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plain-file");
     std::fs::write(&file, "not a directory").unwrap();
-    let out = Command::new(BERTH)
-        .args(["registry", "--name", "n1", "--data-dir"])
-        .arg(file.join("data"))
-        .args(["--listen-client-urls", "http://127.0.0.1:0"])
-        .args(["--listen-peer-urls", "http://127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = single_member_refuses(&file.join("data"), "http://127.0.0.1:0");
     assert!(
         err.contains("cannot create the data dir") && err.contains("--data-dir"),
         "{err}"
@@ -401,15 +418,7 @@ fn a_busy_client_address_is_named_by_its_flag() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let out = Command::new(BERTH)
-        .args(["registry", "--name", "n1", "--data-dir"])
-        .arg(dir.path().join("d"))
-        .args(["--listen-client-urls", &format!("http://{addr}")])
-        .args(["--listen-peer-urls", "http://127.0.0.1:0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = single_member_refuses(&dir.path().join("d"), &format!("http://{addr}"));
     assert!(
         err.contains(&format!("cannot listen for clients on {addr}"))
             && err.contains("--listen-client-urls"),
