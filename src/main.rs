@@ -214,7 +214,7 @@ fn shutdown_on_signal() -> CancellationToken {
 }
 
 /// What may hold a registry's address.
-const REGISTRY_PEERS: &str = "another berth or etcd";
+const OTHER_REGISTRY: &str = "another berth or etcd";
 
 async fn run_registry(
     config: Config,
@@ -223,9 +223,9 @@ async fn run_registry(
 ) -> Result<()> {
     let mut clients = Vec::new();
     for addr in client_addrs {
-        clients.push(bind(addr, "clients", "--listen-client-urls", REGISTRY_PEERS).await?);
+        clients.push(bind(addr, "clients", "--listen-client-urls", OTHER_REGISTRY).await?);
     }
-    let peer = bind(peer_addr, "peers", "--listen-peer-urls", REGISTRY_PEERS).await?;
+    let peer = bind(peer_addr, "peers", "--listen-peer-urls", OTHER_REGISTRY).await?;
     registry::run(config, clients, peer, shutdown_on_signal()).await?;
     Ok(())
 }

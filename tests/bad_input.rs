@@ -367,16 +367,12 @@ fn bad_flags_are_refused_with_a_hint() {
             "at least 5 times --heartbeat-interval",
         ),
     ];
+    let data = dir.path().join("d");
     for (args, hint) in cases {
-        let out = Command::new(BERTH)
-            .args(["registry", "--name", "n1"])
-            .arg("--data-dir")
-            .arg(dir.path().join("d"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{args:?} was accepted");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"--name", &"n1", &"--data-dir", &data];
+        all.extend(args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+        let err = registry_refuses(&all);
         assert!(err.contains(hint), "{args:?}: expected {hint:?} in {err}");
     }
     // Nothing was written for refused configurations.
