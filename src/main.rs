@@ -177,7 +177,7 @@ fn socket_addr(url: &str) -> Result<SocketAddr> {
 
 /// Binds a listener; the error names what it was for, the flag that gave the address, and
 /// what may hold it (`who`).
-async fn bind(addr: SocketAddr, what: &str, flag: &str, who: &str) -> Result<TcpListener> {
+fn bind(addr: SocketAddr, what: &str, flag: &str, who: &str) -> Result<TcpListener> {
     registry::http::serve::listen(addr).map_err(|e| {
         anyhow::anyhow!(
             "cannot listen for {what} on {addr}: {e}; is {who} running there? \
@@ -194,7 +194,7 @@ async fn bind_dns(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, TcpListene
              Pick another address with --listen"
         )
     })?;
-    Ok((udp, bind(addr, "DNS over TCP", "--listen", who).await?))
+    Ok((udp, bind(addr, "DNS over TCP", "--listen", who)?))
 }
 
 fn shutdown_on_signal() -> CancellationToken {
@@ -223,9 +223,14 @@ async fn run_registry(
 ) -> Result<()> {
     let mut clients = Vec::new();
     for addr in client_addrs {
-        clients.push(bind(addr, "clients", "--listen-client-urls", OTHER_REGISTRY).await?);
+        clients.push(bind(
+            addr,
+            "clients",
+            "--listen-client-urls",
+            OTHER_REGISTRY,
+        )?);
     }
-    let peer = bind(peer_addr, "peers", "--listen-peer-urls", OTHER_REGISTRY).await?;
+    let peer = bind(peer_addr, "peers", "--listen-peer-urls", OTHER_REGISTRY)?;
     registry::run(config, clients, peer, shutdown_on_signal()).await?;
     Ok(())
 }
@@ -251,7 +256,7 @@ async fn real_main(cli: Cli, console: Console) -> Result<ExitCode> {
         }
         Command::Proxy(args) => {
             let config = args.config()?;
-            let bound = proxy::bind(&args).await?;
+            let bound = proxy::bind(&args)?;
             proxy::run(config, bound, shutdown_on_signal()).await?;
         }
         Command::Deploy(args) => {

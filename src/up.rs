@@ -180,7 +180,7 @@ pub async fn bind(args: &UpArgs) -> Result<Listeners, UpError> {
             source,
         })?;
     let dns_tcp = tcp("DNS over TCP", args.dns_listen, "--dns-listen").await?;
-    let proxy = proxy::bind(&args.proxy_args()).await?;
+    let proxy = proxy::bind(&args.proxy_args())?;
     let (plugin, no_plugin) = if !args.docker_present() {
         (
             None,

@@ -376,7 +376,7 @@ fn bad_flags_are_refused_with_a_hint() {
         assert!(err.contains(hint), "{args:?}: expected {hint:?} in {err}");
     }
     // Nothing was written for refused configurations.
-    assert!(!dir.path().join("d").exists());
+    assert!(!data.exists());
 }
 
 /// `registry_refuses` for a one-member cluster with its data in `data`, serving clients on
@@ -414,12 +414,13 @@ fn a_busy_client_address_is_named_by_its_flag() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let err = single_member_refuses(&dir.path().join("d"), &format!("http://{addr}"));
+    let data = dir.path().join("d");
+    let err = single_member_refuses(&data, &format!("http://{addr}"));
     assert!(
         err.contains(&format!("cannot listen for clients on {addr}"))
             && err.contains("--listen-client-urls"),
         "{err}"
     );
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
-    assert!(!dir.path().join("d").exists(), "nothing is written");
+    assert!(!data.exists(), "nothing is written");
 }

@@ -152,8 +152,9 @@ pub struct Bound {
     pub admin: Option<TcpListener>,
 }
 
-/// Binds the listeners of the flags `--http-listen`, `--tls-listen` and `--admin-listen`.
-pub async fn bind(args: &crate::Args) -> Result<Bound, Error> {
+/// Binds the listeners of the flags `--http-listen`, `--tls-listen` and `--admin-listen`
+/// (inside a tokio runtime).
+pub fn bind(args: &crate::Args) -> Result<Bound, Error> {
     fn b(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Error> {
         registry::http::serve::listen(addr).map_err(|source| Error::Bind { addr, flag, source })
     }
