@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{member_id, ClusterState, Config};
 use crate::error::Error;
+use crate::raft::durable::Durability;
 use crate::raft::log_store::{LogStore, CF_LOGS, CF_META};
 use crate::raft::network::{NetworkFactory, PeerClient, PeerError};
 use crate::raft::state_machine::{Shared, StateMachine, CF_SM};
@@ -112,6 +113,9 @@ pub struct Node {
     write_permits: Arc<tokio::sync::Semaphore>,
     /// Set when the member is stopping: it proposes nothing new.
     draining: Arc<AtomicBool>,
+    /// How far this member's log is fsync'ed: a leader acknowledges an entry only after
+    /// its own copy is on disk (it writes it in parallel with replication).
+    durable: Arc<Durability>,
 }
 
 /// Why a forward to the leader failed.
@@ -232,6 +236,7 @@ async fn write_batches(
     raft: Raft,
     permits: Arc<tokio::sync::Semaphore>,
     draining: Arc<AtomicBool>,
+    durable: Arc<Durability>,
     mut rx: mpsc::UnboundedReceiver<WriteWaiter>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -270,6 +275,7 @@ async fn write_batches(
                 .collect(),
         );
         let raft = raft.clone();
+        let durable = durable.clone();
         // Proposed here, in arrival order; only the wait for the commit runs concurrently.
         let pending = raft.client_write_ff(proposal).await;
         tokio::spawn(async move {
@@ -277,7 +283,11 @@ async fn write_batches(
             let replies: Vec<LeaderReply> = match pending {
                 Err(e) => vec![LeaderReply::Done(raft_internal(&e.to_string())); waiters.len()],
                 Ok(rx) => match rx.await {
-                    Ok(Ok(resp)) => resp.data.into_iter().map(LeaderReply::Done).collect(),
+                    Ok(Ok(resp)) => {
+                        // Committed; acknowledged once the leader's own copy is on disk too.
+                        durable.wait(resp.log_id.index).await;
+                        resp.data.into_iter().map(LeaderReply::Done).collect()
+                    }
                     Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
                         vec![LeaderReply::NotLeader; waiters.len()]
                     }
@@ -373,7 +383,8 @@ impl Node {
         let identity = Self::identity(&db, config, &peers).await?;
 
         let (sm, shared) = StateMachine::open(db.clone()).map_err(raft_err)?;
-        let log = LogStore::new(db.clone());
+        let log = LogStore::open(db.clone(), identity.id).map_err(raft_err)?;
+        let durable = log.durability();
         let counters = Arc::new(PeerCounters::default());
         // Raft RPCs get a connection pool of their own: its connections are opened from the
         // consensus thread and so are driven there, never by the client runtime.
@@ -436,6 +447,7 @@ impl Node {
             raft.clone(),
             write_permits.clone(),
             draining.clone(),
+            durable.clone(),
             write_rx,
         ));
         let (forwards, forward_rx) = mpsc::unbounded_channel();
@@ -458,6 +470,7 @@ impl Node {
             raft_thread,
             write_permits,
             draining,
+            durable,
         }))
     }
 
@@ -563,7 +576,12 @@ impl Node {
             tracing::warn!(error = %e, "raft shutdown");
         }
         let raft_thread = self.raft_thread.clone();
-        let _ = tokio::task::spawn_blocking(move || raft_thread.stop()).await;
+        let durable = self.durable.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            raft_thread.stop();
+            durable.stop();
+        })
+        .await;
     }
 
     /// The consensus thread's runtime: the peer listener is served there.
@@ -689,6 +707,8 @@ impl Node {
             }
             LeaderRequest::QuorumGet(key) => match self.read_index().await {
                 Ok(index) => {
+                    // Only what is acknowledged (durable here too) is read back.
+                    self.durable.wait(index).await;
                     self.shared.wait_applied(index).await;
                     LeaderReply::Done(self.local_get(key))
                 }
@@ -727,7 +747,10 @@ impl Node {
 
     async fn propose(&self, proposal: Proposal) -> LeaderReply {
         match self.raft.client_write(proposal).await {
-            Ok(resp) => LeaderReply::Done(resp.data.into_iter().next().unwrap_or_default()),
+            Ok(resp) => {
+                self.durable.wait(resp.log_id.index).await;
+                LeaderReply::Done(resp.data.into_iter().next().unwrap_or_default())
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 LeaderReply::NotLeader
             }
@@ -772,7 +795,8 @@ impl Node {
         // add answers at once even when the new member is not running yet (as etcd's does).
         // The leader promotes it to a voter once it has caught up (see `promote_learners`).
         match self.raft.add_learner(id, member, false).await {
-            Ok(_) => {
+            Ok(resp) => {
+                self.durable.wait(resp.log_id.index).await;
                 let info = MemberInfo {
                     id,
                     name: String::new(),
@@ -805,11 +829,14 @@ impl Node {
     /// Commits a membership change and answers 204, or says why not.
     async fn change_membership(&self, changes: ChangeMembers<NodeId, Member>) -> LeaderReply {
         match self.raft.change_membership(changes, false).await {
-            Ok(_) => LeaderReply::Done(Applied {
-                status: 204,
-                etcd_index: 0,
-                body: Vec::new(),
-            }),
+            Ok(resp) => {
+                self.durable.wait(resp.log_id.index).await;
+                LeaderReply::Done(Applied {
+                    status: 204,
+                    etcd_index: 0,
+                    body: Vec::new(),
+                })
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 LeaderReply::NotLeader
             }

@@ -3,15 +3,17 @@
 //! Column family `logs` maps a big-endian log index to the JSON of the entry; `meta` holds
 //! the vote, the committed log id and the last purged log id.
 //!
-//! Every call writes synchronously: [`LogStore::append`] writes the entries as one RocksDB
-//! batch with `sync = true` and only then tells openraft they are durable, through the
-//! `LogFlushed` callback, so an acknowledged write survives `kill -9` and power loss.
-//! openraft 0.9 waits for that callback before it runs its next command anyway, so handing
-//! the write to another thread bought no overlap; it cost two thread wake-ups per append
-//! (about 0.1 ms each on a small VM). The store is used only from the consensus thread
-//! ([`super::thread`]), which is built to block in these calls; clients are served
-//! elsewhere. Batching many client writes into one entry (and so one fsync) is the
-//! leader's write batcher's job (`node.rs`).
+//! A follower's append is one RocksDB batch written with `sync = true`; only then is openraft
+//! told it is durable (the `LogFlushed` callback), because the leader counts this copy
+//! towards the quorum as soon as the follower answers. The leader's append of its *own*
+//! entries (this member leads the term they carry) is written without sync and reported at
+//! once, so openraft replicates while the disk works; [`Durability`] fsyncs it on its own
+//! thread, and the leader acknowledges a client only after that (see [`super::durable`]).
+//! The vote, truncation and purge are always written with sync.
+//!
+//! The store is used only from the consensus thread ([`super::thread`]), which is built to
+//! block in these calls; clients are served elsewhere. Batching many client writes into one
+//! entry is the leader's write batcher's job (`node.rs`).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -23,6 +25,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::durable::Durability;
 use super::{LogId, NodeId, StorageError, TypeConfig};
 
 pub(crate) const CF_LOGS: &str = "logs";
@@ -38,6 +41,11 @@ type Entry = openraft::Entry<TypeConfig>;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// This member's id: entries of a term it leads are its own appends.
+    id: NodeId,
+    /// The vote last saved or read: whom this member follows or whether it leads.
+    vote: Option<Vote<NodeId>>,
+    durable: Arc<Durability>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -57,9 +65,34 @@ fn sync_writes() -> WriteOptions {
 }
 
 impl LogStore {
-    /// Opens the log on `db`.
-    pub fn new(db: Arc<DB>) -> Self {
-        LogStore { db }
+    /// Opens the log on `db` for member `id`, and starts the thread that fsyncs the leader's
+    /// appends (everything already in the log is fsync'ed first).
+    pub fn open(db: Arc<DB>, id: NodeId) -> Result<Self, StorageError> {
+        let mut store = LogStore {
+            durable: Durability::start(db.clone(), 0)
+                .map_err(|e| StorageIOError::write_logs(&e))?,
+            db,
+            id,
+            vote: None,
+        };
+        let last = store.last_entry_id()?.map(|l| l.index).unwrap_or(0);
+        store.durable.synced(last);
+        store.vote = store.get_meta(KEY_VOTE)?;
+        Ok(store)
+    }
+
+    /// How far this member's log is on disk; a leader waits on it before acknowledging.
+    pub fn durability(&self) -> Arc<Durability> {
+        self.durable.clone()
+    }
+
+    /// Is `log_id` an entry of the term this member leads (its own append as leader)?
+    fn leads(&self, log_id: &LogId) -> bool {
+        self.vote.as_ref().is_some_and(|v| {
+            v.is_committed()
+                && v.leader_id().node_id == self.id
+                && log_id.leader_id == *v.leader_id()
+        })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -164,11 +197,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.put_meta(KEY_VOTE, vote, &sync_writes())
+        self.put_meta(KEY_VOTE, vote, &sync_writes())?;
+        self.vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.get_meta(KEY_VOTE)
+        self.vote = self.get_meta(KEY_VOTE)?;
+        Ok(self.vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -193,13 +229,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = self.cf(CF_LOGS);
         let mut batch = WriteBatch::default();
+        let mut last = 0;
+        let mut own = true;
         for entry in entries {
             let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.put_cf(cf, index_key(entry.log_id.index), bytes);
+            own &= self.leads(&entry.log_id);
+            last = entry.log_id.index;
         }
-        // Durable before openraft hears of it: it counts this member's copy only then.
-        match self.db.write_opt(batch, &sync_writes()) {
-            Ok(()) => callback.log_io_completed(Ok(())),
+        // A follower's copy is durable before openraft hears of it: the leader counts it
+        // towards the quorum as soon as this member answers. The leader's own copy is
+        // fsync'ed in parallel with replication, and clients wait for it (`Durability`).
+        let opts = if own {
+            WriteOptions::default()
+        } else {
+            sync_writes()
+        };
+        match self.db.write_opt(batch, &opts) {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                if own {
+                    self.durable.request(last);
+                } else {
+                    self.durable.synced(last);
+                }
+            }
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
         }
         Ok(())
@@ -229,8 +283,29 @@ mod tests {
             let dir = tempfile::tempdir().expect("temp dir");
             let db = crate::node::open_db(&dir.path().join("db")).expect("open RocksDB");
             let (sm, _shared) = StateMachine::open(db.clone())?;
-            Ok((dir, LogStore::new(db), sm))
+            Ok((dir, LogStore::open(db, 0)?, sm))
         }
+    }
+
+    /// Only entries of a term this member leads, by a vote a quorum granted, skip the inline
+    /// fsync: a follower's copy must be on disk before it answers the leader.
+    #[test]
+    fn only_the_leaders_own_entries_are_written_without_sync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = crate::node::open_db(&dir.path().join("db")).expect("open RocksDB");
+        let mut store = LogStore::open(db, 7).expect("open the log");
+        let entry_of = |term, node| LogId::new(openraft::CommittedLeaderId::new(term, node), 5);
+        assert!(!store.leads(&entry_of(2, 7)), "no vote yet");
+        store.vote = Some(Vote::new(2, 7));
+        assert!(!store.leads(&entry_of(2, 7)), "candidate, not leader yet");
+        store.vote = Some(Vote::new_committed(2, 3));
+        assert!(!store.leads(&entry_of(2, 3)), "following member 3");
+        store.vote = Some(Vote::new_committed(3, 7));
+        assert!(store.leads(&entry_of(3, 7)));
+        assert!(
+            !store.leads(&entry_of(2, 7)),
+            "its own entry from an earlier term comes back as a follower's copy"
+        );
     }
 
     /// openraft's own compliance suite for storage implementations: log state, reads,

@@ -1,12 +1,15 @@
 //! Consensus: the openraft type configuration and the three pieces openraft drives.
 //!
-//! - [`log_store`]: the Raft log, vote, committed and last-purged ids in RocksDB, fsync'ed
-//!   before openraft is told an append is durable.
+//! - [`log_store`]: the Raft log, vote, committed and last-purged ids in RocksDB; a
+//!   follower's appends are fsync'ed before openraft is told they are durable.
+//! - [`durable`]: the thread that fsyncs the leader's own appends in parallel with
+//!   replication, and the durable index a leader waits for before it acknowledges a write.
 //! - [`state_machine`]: the v2 [`Store`](crate::v2::Store) plus member attributes, applied
 //!   in log order; snapshots are persisted to RocksDB so a restart needs the disk alone.
 //! - [`network`]: the peer RPC client (HTTP/1.1 to each member's peer URL).
 //! - [`thread`]: the consensus thread all of the above (and the peer listener) run on.
 
+pub mod durable;
 // openraft's StorageError is large; it is the error type the storage traits require.
 #[allow(clippy::result_large_err)]
 pub mod log_store;
