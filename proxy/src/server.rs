@@ -18,6 +18,7 @@ use registry::client::Client;
 use registry::http::serve::{serve_with, ServeOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::balance::{now_ms, Upstreams};
 use crate::config::Config;
@@ -183,14 +184,17 @@ pub async fn run(
         endpoints = ?state.config.endpoints,
         "proxy starting"
     );
-    tokio::spawn(registry::catalog::follow(
-        client,
-        state.catalog.clone(),
-        shutdown.child_token(),
-    ));
-    tokio::spawn(follow_table(state.clone(), shutdown.child_token()));
+    // The background tasks log under `proxy{http=...}`, as DNS's do under `dns{...}`.
+    let span = tracing::info_span!("proxy", http = ?listeners.http.local_addr().ok());
+    tokio::spawn(
+        registry::catalog::follow(client, state.catalog.clone(), shutdown.child_token())
+            .instrument(span.clone()),
+    );
+    tokio::spawn(follow_table(state.clone(), shutdown.child_token()).instrument(span.clone()));
     if let Some(path) = state.config.health_path.clone() {
-        tokio::spawn(health_checks(state.clone(), path, shutdown.child_token()));
+        tokio::spawn(
+            health_checks(state.clone(), path, shutdown.child_token()).instrument(span.clone()),
+        );
     }
     if let Some(admin) = listeners.admin {
         let st = state.clone();

@@ -140,6 +140,17 @@ pub async fn serve(
     Ok(())
 }
 
+/// A connection counted in its worker's `open` load: uncounted when dropped, so a
+/// connection task that panics (or is dropped at shutdown) does not leave the worker looking
+/// busier than it is to `least_loaded`.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One worker: serves the connections it is handed until `shutdown` (or the acceptor goes),
 /// then gives open ones the grace period.
 async fn run_worker(
@@ -175,10 +186,10 @@ async fn run_worker(
             }
         };
         let conn = connection(stream, peer, handler, &options, &graceful);
-        let open = open.clone();
+        let counted = Counted(open.clone());
         tokio::spawn(async move {
+            let _counted = counted;
             conn.await;
-            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
     let _ = tokio::time::timeout(options.grace, graceful.shutdown()).await;
@@ -187,6 +198,21 @@ async fn run_worker(
 #[cfg(test)]
 mod tests {
     use super::least_loaded;
+    use super::Counted;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_connection_task_that_panics_is_uncounted() {
+        let open = Arc::new(AtomicUsize::new(2));
+        let counted = Counted(open.clone());
+        let task = tokio::spawn(async move {
+            let _counted = counted;
+            panic!("a handler bug");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(open.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn new_connections_go_to_the_least_loaded_live_worker() {
