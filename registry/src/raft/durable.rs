@@ -11,7 +11,7 @@
 //! committed **and** [`Durability::wait`] saw the leader's copy on disk, so every
 //! acknowledged write is fsync'ed on the leader and on at least one more member of a
 //! three-member cluster (a majority in general). Until then it is visible to reads on the
-//! leader, as in etcd; a power cut of the leader inside that window (an fsync, ~0.2 ms) can
+//! leader, as in etcd; a power cut of the leader inside that window (one fsync) can
 //! lose such an unacknowledged write. A killed process loses nothing: the WAL write is in
 //! the kernel's page cache before openraft hears of it.
 //!
@@ -42,30 +42,22 @@ struct Inner {
 struct SyncState {
     /// Highest log index written and waiting for an fsync.
     requested: u64,
+    /// Bumped by every truncation: an fsync that began before one must not mark the
+    /// replaced indexes durable.
+    epoch: u64,
     stop: bool,
-}
-
-impl std::fmt::Debug for Durability {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Durability")
-            .field("durable", &self.index())
-            .finish()
-    }
 }
 
 impl Durability {
     /// Syncs what a previous run left in the WAL (a killed process's writes may still be only
-    /// in the page cache), so everything in the log at start counts as durable, then starts
-    /// the sync thread (named `wal-sync`).
-    pub fn start(db: Arc<DB>, last_index: u64) -> Result<Arc<Durability>, rocksdb::Error> {
+    /// in the page cache), then starts the sync thread (named `wal-sync`). The caller marks
+    /// the log it found as durable with [`Durability::synced`].
+    pub fn start(db: Arc<DB>) -> Result<Arc<Durability>, rocksdb::Error> {
         db.flush_wal(true)?;
         let inner = Arc::new(Inner {
-            state: Mutex::new(SyncState {
-                requested: last_index,
-                stop: false,
-            }),
+            state: Mutex::new(SyncState::default()),
             wake: Condvar::new(),
-            durable: watch::channel(last_index).0,
+            durable: watch::channel(0).0,
         });
         let thread = {
             let inner = inner.clone();
@@ -92,6 +84,22 @@ impl Durability {
     /// Entries up to `index` were written with sync: they are durable already.
     pub fn synced(&self, index: u64) {
         self.inner.advance(index);
+    }
+
+    /// The log was cut back to end before `index` (a follower's conflicting suffix): the
+    /// indexes from `index` on will hold other entries, not yet on disk.
+    pub fn truncated(&self, index: u64) {
+        let keep = index.saturating_sub(1);
+        let mut state = self.inner.lock();
+        state.epoch += 1;
+        state.requested = state.requested.min(keep);
+        self.inner.durable.send_if_modified(|d| {
+            let cut = *d > keep;
+            if cut {
+                *d = keep;
+            }
+            cut
+        });
     }
 
     /// The highest log index on disk.
@@ -142,7 +150,7 @@ impl Inner {
 
     fn run(&self, db: &DB) {
         loop {
-            let target = {
+            let (target, epoch) = {
                 let mut state = self.lock();
                 while !state.stop && state.requested <= *self.durable.borrow() {
                     state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
@@ -150,11 +158,17 @@ impl Inner {
                 if state.stop {
                     return;
                 }
-                state.requested
+                (state.requested, state.epoch)
             };
             // Covers every write that finished before this call, `target` included.
             match db.flush_wal(true) {
-                Ok(()) => self.advance(target),
+                Ok(()) => {
+                    // Under the lock, so a truncation cannot slip in between check and mark.
+                    let state = self.lock();
+                    if state.epoch == epoch {
+                        self.advance(target);
+                    }
+                }
                 Err(e) => {
                     // Nothing is acknowledged until this works (etcd would stop here).
                     tracing::error!(error = %e, "fsync of the Raft log failed; retrying");
@@ -181,7 +195,8 @@ mod tests {
     #[tokio::test]
     async fn requested_indexes_become_durable_and_waiters_wake() {
         let (_dir, db) = db();
-        let d = Durability::start(db.clone(), 3).unwrap();
+        let d = Durability::start(db.clone()).unwrap();
+        d.synced(3);
         assert_eq!(d.index(), 3);
         d.wait(3).await; // already durable: returns at once
         db.put_opt(b"k", b"v", &WriteOptions::default()).unwrap();
@@ -203,10 +218,36 @@ mod tests {
         assert_eq!(d.index(), 9);
     }
 
+    /// A follower that had index 10 on disk and then lost its suffix from 6 on must not count
+    /// 6..=10 as durable when it later writes other entries there.
+    #[tokio::test]
+    async fn truncation_lowers_the_mark_until_the_new_entries_are_synced() {
+        let (_dir, db) = db();
+        let d = Durability::start(db.clone()).unwrap();
+        d.synced(10);
+        d.truncated(6);
+        assert_eq!(d.index(), 5);
+        let waiter = {
+            let d = d.clone();
+            tokio::spawn(async move { d.wait(8).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiter.is_finished(),
+            "index 8 is not on disk after the truncation"
+        );
+        d.request(8);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the fsync finished")
+            .unwrap();
+        assert_eq!(d.index(), 8);
+    }
+
     #[test]
     fn stop_joins_the_thread_and_releases_the_database() {
         let (dir, db) = db();
-        let d = Durability::start(db.clone(), 0).unwrap();
+        let d = Durability::start(db.clone()).unwrap();
         d.request(1);
         drop(db);
         drop(d);

@@ -69,8 +69,7 @@ impl LogStore {
     /// appends (everything already in the log is fsync'ed first).
     pub fn open(db: Arc<DB>, id: NodeId) -> Result<Self, StorageError> {
         let mut store = LogStore {
-            durable: Durability::start(db.clone(), 0)
-                .map_err(|e| StorageIOError::write_logs(&e))?,
+            durable: Durability::start(db.clone()).map_err(|e| StorageIOError::write_logs(&e))?,
             db,
             id,
             vote: None,
@@ -260,7 +259,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.delete(log_id.index, u64::MAX, None)
+        self.delete(log_id.index, u64::MAX, None)?;
+        self.durable.truncated(log_id.index);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
