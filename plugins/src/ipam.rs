@@ -13,8 +13,10 @@
 //! The decisions (which subnet, which address next, is this address valid) are pure
 //! functions below; [`Ipam`] does the registry I/O. Each [`Ipam`] keeps a per-pool view of
 //! the addresses known taken, so concurrent requests on one host try distinct addresses and
-//! only requests racing another host meet conflicts; when its view says the pool is full it
-//! re-reads the registry once before answering "exhausted".
+//! only requests racing another host meet conflicts. The first conflict against a view makes
+//! the next request re-read the pool (a host far behind learns every address another host
+//! took in one read); when its view says the pool is full it re-reads the registry once
+//! before answering "exhausted".
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -255,6 +257,11 @@ struct LocalPool {
     inflight: BTreeSet<u32>,
     cursor: u32,
     loaded: bool,
+    /// Bumped each time `taken` is merged with a fresh read of the registry.
+    generation: u64,
+    /// A claim lost a race against a view of this generation: another host is allocating,
+    /// so the next request re-reads the registry instead of finding its claims one by one.
+    stale: bool,
 }
 
 /// The IPAM driver.
@@ -548,17 +555,22 @@ impl Ipam {
         let gateway = u32::from(pool.gateway);
         let mut refreshed = false;
         for _ in 0..MAX_ATTEMPTS {
-            let loaded = {
-                let map = self.local.lock().expect("ipam lock");
-                map.get(&pool.uid).map(|l| l.loaded).unwrap_or(false)
+            let (loaded, stale) = {
+                let mut map = self.local.lock().expect("ipam lock");
+                let l = map.entry(pool.uid.clone()).or_default();
+                // One request takes the re-read on; the others go on with the view they have.
+                (l.loaded, std::mem::take(&mut l.stale))
             };
-            if !loaded {
+            if !loaded || stale {
                 let listed = self.list_taken(&req.pool_id).await?;
                 self.note(&pool.uid, |l| {
+                    // Merge, never replace: claims of this host that finished while the read
+                    // was under way are not in `listed`.
                     l.taken.extend(listed);
                     l.loaded = true;
+                    l.generation += 1;
                 });
-                refreshed = true;
+                refreshed |= !loaded;
             }
             let candidate = {
                 let mut map = self.local.lock().expect("ipam lock");
@@ -569,15 +581,18 @@ impl Ipam {
                     l.inflight.insert(c);
                     l.cursor = c.wrapping_add(1);
                 }
-                c
+                c.map(|c| (c, l.generation))
             };
-            let Some(c) = candidate else {
+            let Some((c, generation)) = candidate else {
                 if refreshed {
                     return Err(IpamError::Exhausted(pool.subnet.to_string()));
                 }
                 // Our view may be stale (another host released addresses): re-read once.
                 let listed = self.list_taken(&req.pool_id).await?;
-                self.note(&pool.uid, |l| l.taken = listed);
+                self.note(&pool.uid, |l| {
+                    l.taken = listed;
+                    l.generation += 1;
+                });
                 refreshed = true;
                 continue;
             };
@@ -596,6 +611,12 @@ impl Ipam {
                 }
                 Err(e) if e.etcd_code() == Some(codes::NODE_EXIST) => {
                     l.taken.insert(c);
+                    // Lost to another host: unless a re-read has happened since this
+                    // candidate was chosen, ask for one (it learns all of that host's
+                    // claims at once, where trying addresses would find them one at a time).
+                    if l.generation == generation {
+                        l.stale = true;
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -126,6 +126,45 @@ fn a_thousand_concurrent_requests_from_two_instances_never_collide() {
     assert_eq!(h.raw("/_berth/ipam/pools").unwrap().0, "{}");
 }
 
+/// A host whose view of a pool is far behind (another host allocated hundreds of addresses
+/// since it last read the pool) re-reads the registry after its first lost race, rather
+/// than finding the other host's addresses one conflict at a time until it gives up.
+#[test]
+fn a_host_far_behind_catches_up_after_one_conflict() {
+    let (h, a, b) = two_plugins();
+    let (st, _) = h.call(&a, "/IpamDriver.RequestPool", r#"{"Pool":"10.90.8.0/22"}"#);
+    assert_eq!(st, 200);
+    let request = r#"{"PoolID":"10.90.8.0-22"}"#;
+    // B reads the pool now (and takes the first address) ...
+    let (st, body) = h.call(&b, "/IpamDriver.RequestAddress", request);
+    assert_eq!((st, body["Address"].clone()), (200, json!("10.90.8.2/22")));
+    // ... then A takes the next 300, more than a request's attempt budget.
+    let taken: BTreeSet<String> = h.rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..300 {
+            let a = a.clone();
+            tasks.push(tokio::spawn(async move {
+                call(&a, "POST", "/IpamDriver.RequestAddress", request.into()).await
+            }));
+        }
+        let mut out = BTreeSet::new();
+        for t in tasks {
+            let (st, body) = t.await.unwrap();
+            assert_eq!(st, 200, "{body}");
+            out.insert(body["Address"].as_str().unwrap().to_string());
+        }
+        out
+    });
+    assert_eq!(taken.len(), 300);
+    assert!(taken.contains("10.90.8.3/22") && taken.contains("10.90.8.254/22"));
+    // B's view still ends at .2; its next request must still succeed, on a free address.
+    let (st, body) = h.call(&b, "/IpamDriver.RequestAddress", request);
+    assert_eq!(st, 200, "{body}");
+    let got = body["Address"].as_str().unwrap().to_string();
+    assert!(!taken.contains(&got), "{got} handed out twice");
+    assert_eq!(h.children("/_berth/ipam/addrs/10.90.8.0-22").len(), 302);
+}
+
 #[test]
 fn small_pool_is_exhausted_cleanly() {
     let (h, a, b) = two_plugins();

@@ -192,6 +192,19 @@ mod tests {
         (dir, Arc::new(db))
     }
 
+    /// A task waiting until `index` is durable.
+    fn waiting(d: &Arc<Durability>, index: u64) -> tokio::task::JoinHandle<()> {
+        let d = d.clone();
+        tokio::spawn(async move { d.wait(index).await })
+    }
+
+    async fn finishes(waiter: tokio::task::JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the fsync finished within 5 s")
+            .expect("the waiter did not panic");
+    }
+
     #[tokio::test]
     async fn requested_indexes_become_durable_and_waiters_wake() {
         let (_dir, db) = db();
@@ -200,15 +213,9 @@ mod tests {
         assert_eq!(d.index(), 3);
         d.wait(3).await; // already durable: returns at once
         db.put_opt(b"k", b"v", &WriteOptions::default()).unwrap();
-        let waiter = {
-            let d = d.clone();
-            tokio::spawn(async move { d.wait(7).await })
-        };
+        let waiter = waiting(&d, 7);
         d.request(7);
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("the fsync finished")
-            .unwrap();
+        finishes(waiter).await;
         assert_eq!(d.index(), 7);
         // A synced write moves the mark without the thread; it never goes back.
         d.synced(9);
@@ -227,20 +234,14 @@ mod tests {
         d.synced(10);
         d.truncated(6);
         assert_eq!(d.index(), 5);
-        let waiter = {
-            let d = d.clone();
-            tokio::spawn(async move { d.wait(8).await })
-        };
+        let waiter = waiting(&d, 8);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
             !waiter.is_finished(),
             "index 8 is not on disk after the truncation"
         );
         d.request(8);
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("the fsync finished")
-            .unwrap();
+        finishes(waiter).await;
         assert_eq!(d.index(), 8);
     }
 
