@@ -362,12 +362,51 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, Error> {
         }
         ColumnFamilyDescriptor::new(n, cf)
     });
-    DB::open_cf_descriptors(&opts, path, cfs)
-        .map(Arc::new)
-        .map_err(|source| Error::DataDir {
-            path: path.display().to_string(),
-            source,
-        })
+    opts.set_recycle_log_file_num(WAL_RECYCLE_FILES);
+    opts.set_max_total_wal_size(WAL_TOTAL_BYTES);
+    let data_dir_err = |source| Error::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(data_dir_err)?;
+    prefill_wal(&db).map_err(data_dir_err)?;
+    Ok(Arc::new(db))
+}
+
+/// WAL files kept for reuse once obsolete.
+const WAL_RECYCLE_FILES: usize = 4;
+/// Live WAL bytes above which RocksDB flushes the column families that keep the oldest WAL
+/// alive, so WAL files become obsolete (and recyclable) at a steady pace.
+const WAL_TOTAL_BYTES: u64 = 32 << 20;
+/// Size of the WAL files made at open for reuse: above what the log column family's memtable
+/// (the usual reason for a new WAL) holds.
+const WAL_PREFILL_BYTES: usize = 12 << 20;
+
+/// Makes the WAL that writes land in a recycled, already written file.
+///
+/// An fdatasync after an append that grows a file must also commit the new file size to
+/// the file system's journal: a second device write. Writes into a file that is already
+/// that long need only their data written (on this project's test machine a 512-byte
+/// O_DSYNC write took 0.13 ms overwriting a file, 0.22 ms appending to it). RocksDB reuses
+/// obsolete WAL files when `recycle_log_file_num` is set, but only files this process made,
+/// so a fresh process would append to new files until its own WALs grew old. So at open,
+/// twice: a filler of `WAL_PREFILL_BYTES` is put and deleted (no data remains) and every
+/// column family is flushed, which starts a new WAL and makes the filled one obsolete. The
+/// first filled file becomes the WAL writes go to, the second waits for the next switch.
+fn prefill_wal(db: &DB) -> Result<(), rocksdb::Error> {
+    let meta = db
+        .cf_handle(CF_META)
+        .expect("column family created at open");
+    let key = b"__wal_prefill";
+    let filler = vec![0u8; WAL_PREFILL_BYTES];
+    for _ in 0..2 {
+        db.put_cf(meta, key, &filler)?;
+        db.delete_cf(meta, key)?;
+        for name in [CF_LOGS, CF_META, CF_SM] {
+            db.flush_cf(db.cf_handle(name).expect("column family created at open"))?;
+        }
+    }
+    db.flush_wal(true)
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> Error {
@@ -1096,5 +1135,84 @@ fn member_error(status: u16, message: &str) -> Applied {
             serde_json::to_string(message).unwrap()
         )
         .into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The WAL files in a RocksDB directory, by number, with their lengths.
+    fn wal_files(dir: &Path) -> BTreeMap<u64, u64> {
+        std::fs::read_dir(dir)
+            .expect("read the db dir")
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.file_name().into_string().ok()?;
+                let number = name.strip_suffix(".log")?.parse().ok()?;
+                Some((number, e.metadata().ok()?.len()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_go_to_a_recycled_wal_file_already_written_to_its_length() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db");
+        let db = open_db(&path).expect("open RocksDB");
+        let wals = wal_files(&path);
+        // The current WAL (the newest) is a filled file renamed, and a second one waits.
+        let (_, current) = wals.last_key_value().expect("a WAL");
+        assert!(*current >= WAL_PREFILL_BYTES as u64, "{wals:?}");
+        assert_eq!(
+            wals.values()
+                .filter(|&&len| len >= WAL_PREFILL_BYTES as u64)
+                .count(),
+            2,
+            "{wals:?}"
+        );
+        // The filler left no data behind.
+        let meta = db.cf_handle(CF_META).unwrap();
+        assert_eq!(db.get_cf(meta, b"__wal_prefill").unwrap(), None);
+    }
+
+    /// A crash leaves the recycled WAL holding new records followed by the old file's: a
+    /// copy of the directory taken while the database is open (what a kill -9 leaves on
+    /// disk) must recover every synced write and nothing of the old contents.
+    #[test]
+    fn a_crash_image_of_a_recycled_wal_recovers_exactly_the_synced_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db");
+        let db = open_db(&path).expect("open RocksDB");
+        let logs = db.cf_handle(CF_LOGS).unwrap();
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        for i in 0u32..2000 {
+            db.put_cf_opt(logs, i.to_be_bytes(), format!("entry {i}"), &sync)
+                .unwrap();
+        }
+        let image = dir.path().join("image");
+        std::fs::create_dir(&image).unwrap();
+        for e in std::fs::read_dir(&path).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() != "LOCK" {
+                std::fs::copy(e.path(), image.join(e.file_name())).unwrap();
+            }
+        }
+        let copy = open_db(&image).expect("recover the crash image");
+        let logs = copy.cf_handle(CF_LOGS).unwrap();
+        let mut recovered = 0;
+        for (i, kv) in copy
+            .iterator_cf(logs, rocksdb::IteratorMode::Start)
+            .enumerate()
+        {
+            let (k, v) = kv.unwrap();
+            recovered += 1;
+            assert_eq!(&k[..], (i as u32).to_be_bytes());
+            assert_eq!(&v[..], format!("entry {i}").as_bytes());
+        }
+        assert_eq!(recovered, 2000);
+        let meta = copy.cf_handle(CF_META).unwrap();
+        assert_eq!(copy.get_cf(meta, b"__wal_prefill").unwrap(), None);
     }
 }
