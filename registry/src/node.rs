@@ -364,6 +364,10 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, Error> {
     });
     opts.set_recycle_log_file_num(WAL_RECYCLE_FILES);
     opts.set_max_total_wal_size(WAL_TOTAL_BYTES);
+    // Write SST files (memtable flushes, compactions) back to disk a MiB at a time, not in
+    // one burst at their final fsync: a burst of a large snapshot's flush queued the
+    // followers' WAL fsyncs behind it past the leader's 100 ms AppendEntries limit.
+    opts.set_bytes_per_sync(SST_BYTES_PER_SYNC);
     let data_dir_err = |source| Error::DataDir {
         path: path.display().to_string(),
         source,
@@ -373,6 +377,8 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, Error> {
     Ok(Arc::new(db))
 }
 
+/// Incremental writeback of SST files.
+const SST_BYTES_PER_SYNC: u64 = 1 << 20;
 /// WAL files kept for reuse once obsolete.
 const WAL_RECYCLE_FILES: usize = 4;
 /// Live WAL bytes above which RocksDB flushes the column families that keep the oldest WAL
