@@ -363,10 +363,8 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, Error> {
         ColumnFamilyDescriptor::new(n, cf)
     });
     opts.set_recycle_log_file_num(WAL_RECYCLE_FILES);
-    opts.set_max_total_wal_size(WAL_TOTAL_BYTES);
     // Write SST files (memtable flushes, compactions) back to disk a MiB at a time, not in
-    // one burst at their final fsync: a burst of a large snapshot's flush queued the
-    // followers' WAL fsyncs behind it past the leader's 100 ms AppendEntries limit.
+    // one burst at their final fsync, which can hold the WAL fsyncs queued behind it.
     opts.set_bytes_per_sync(SST_BYTES_PER_SYNC);
     let data_dir_err = |source| Error::DataDir {
         path: path.display().to_string(),
@@ -381,9 +379,6 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, Error> {
 const SST_BYTES_PER_SYNC: u64 = 1 << 20;
 /// WAL files kept for reuse once obsolete.
 const WAL_RECYCLE_FILES: usize = 4;
-/// Live WAL bytes above which RocksDB flushes the column families that keep the oldest WAL
-/// alive, so WAL files become obsolete (and recyclable) at a steady pace.
-const WAL_TOTAL_BYTES: u64 = 32 << 20;
 /// Size of the WAL files made at open for reuse: above what the log column family's memtable
 /// (the usual reason for a new WAL) holds.
 const WAL_PREFILL_BYTES: usize = 12 << 20;
@@ -445,7 +440,9 @@ impl Node {
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: 1000,
-            max_payload_entries: 1000,
+            // With `APPEND_BUDGET_BYTES` bounding what one AppendEntries carries, reading more
+            // entries than that per call would only decode them again next time.
+            max_payload_entries: 128,
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);

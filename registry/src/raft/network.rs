@@ -222,13 +222,70 @@ impl PeerNetwork {
     }
 }
 
+/// Log bytes (roughly) sent in one AppendEntries call. openraft 0.9 gives every call the
+/// heartbeat interval (100 ms by default) to complete, and one entry can be a batch of up to
+/// 1,000 writes: a follower far behind that is sent hundreds of entries at once cannot take
+/// them in time, and openraft then resends the same payload forever (seen: a leader spinning
+/// on encoding entries while every write timed out).
+pub(crate) const APPEND_BUDGET_BYTES: usize = 512 * 1024;
+
+/// The approximate encoded size of one log entry.
+fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
+    use crate::raft::Proposal;
+    use crate::v2::Command;
+    let command = |c: &Command| match c {
+        Command::Key { req, .. } => 160 + req.path.len() + req.val.len() + req.prev_value.len(),
+        Command::Expire { .. } => 64,
+    };
+    64 + match &entry.payload {
+        openraft::EntryPayload::Normal(Proposal::V2(c)) => command(c),
+        openraft::EntryPayload::Normal(Proposal::Batch(cs)) => cs.iter().map(command).sum(),
+        openraft::EntryPayload::Normal(Proposal::Attributes { .. }) => 256,
+        openraft::EntryPayload::Membership(_) => 512,
+        openraft::EntryPayload::Blank => 0,
+    }
+}
+
+/// Keeps the longest prefix of `entries` within `budget` bytes (at least one entry). Returns
+/// the log id of the last entry kept if any were dropped.
+pub(crate) fn trim_to_budget(
+    entries: &mut Vec<openraft::Entry<TypeConfig>>,
+    budget: usize,
+) -> Option<openraft::LogId<NodeId>> {
+    let mut total = 0;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            total += entry_bytes(e);
+            total > budget
+        })
+        .map_or(entries.len(), |i| i.max(1));
+    if keep == entries.len() {
+        return None;
+    }
+    entries.truncate(keep);
+    entries.last().map(|e| e.log_id)
+}
+
 impl RaftNetwork<TypeConfig> for PeerNetwork {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        let res = self.rpc("/raft/append", &rpc, &option).await;
+        let mut rpc = rpc;
+        let last_sent = trim_to_budget(&mut rpc.entries, APPEND_BUDGET_BYTES);
+        let res = self
+            .rpc("/raft/append", &rpc, &option)
+            .await
+            .map(|r| match r {
+                // The follower holds everything sent: tell openraft how far that is, so it
+                // sends the rest next.
+                AppendEntriesResponse::Success if last_sent.is_some() => {
+                    AppendEntriesResponse::PartialSuccess(last_sent)
+                }
+                other => other,
+            });
         let counter = if res.is_ok() {
             &self.counters.send_append_ok
         } else {
@@ -276,5 +333,59 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.rpc("/raft/vote", &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use crate::raft::Proposal;
+    use crate::v2::{Command, KeyRequest, Method};
+
+    /// An entry at `index` holding a batch of `writes` writes of a 1,000-byte value.
+    fn batch(index: u64, writes: usize) -> openraft::Entry<TypeConfig> {
+        let mut req = KeyRequest::new(Method::Put, "/k");
+        req.val = "v".repeat(1000);
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(Proposal::Batch(vec![
+                Command::Key {
+                    req,
+                    now: 0
+                };
+                writes
+            ])),
+        }
+    }
+
+    #[test]
+    fn a_payload_within_the_budget_is_sent_whole() {
+        let mut entries: Vec<_> = (1..=10).map(|i| batch(i, 10)).collect();
+        assert_eq!(trim_to_budget(&mut entries, APPEND_BUDGET_BYTES), None);
+        assert_eq!(entries.len(), 10);
+    }
+
+    #[test]
+    fn a_large_payload_is_cut_to_a_prefix_and_the_last_id_sent_is_reported() {
+        // 300 entries of 100 writes of ~1 KiB: ~30 MiB, far above the budget.
+        let mut entries: Vec<_> = (1..=300).map(|i| batch(i, 100)).collect();
+        let last = trim_to_budget(&mut entries, APPEND_BUDGET_BYTES).expect("cut");
+        assert!(
+            !entries.is_empty() && entries.len() < 10,
+            "{}",
+            entries.len()
+        );
+        assert_eq!(last, entries.last().unwrap().log_id);
+        assert_eq!(last.index, entries.len() as u64);
+        let sent: usize = entries.iter().map(entry_bytes).sum();
+        assert!(sent <= APPEND_BUDGET_BYTES, "{sent}");
+    }
+
+    #[test]
+    fn one_entry_above_the_budget_is_still_sent() {
+        let mut entries = vec![batch(7, 1000), batch(8, 1)];
+        let last = trim_to_budget(&mut entries, APPEND_BUDGET_BYTES);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(last.map(|l| l.index), Some(7));
     }
 }
