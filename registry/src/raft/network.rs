@@ -267,6 +267,19 @@ pub(crate) fn trim_to_budget(
     entries.last().map(|e| e.log_id)
 }
 
+/// Trims a request's entries to `budget` (see [`trim_to_budget`]). When entries were dropped,
+/// the commit index sent is lowered to the last entry sent: a follower must never learn of a
+/// commit beyond the log it holds. (openraft 0.9 followers already commit only up to what
+/// they received; this keeps the request honest on its own.)
+pub(crate) fn trim_request(
+    rpc: &mut AppendEntriesRequest<TypeConfig>,
+    budget: usize,
+) -> Option<openraft::LogId<NodeId>> {
+    let last_sent = trim_to_budget(&mut rpc.entries, budget)?;
+    rpc.leader_commit = rpc.leader_commit.min(Some(last_sent));
+    Some(last_sent)
+}
+
 impl RaftNetwork<TypeConfig> for PeerNetwork {
     async fn append_entries(
         &mut self,
@@ -274,7 +287,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let mut rpc = rpc;
-        let last_sent = trim_to_budget(&mut rpc.entries, APPEND_BUDGET_BYTES);
+        let last_sent = trim_request(&mut rpc, APPEND_BUDGET_BYTES);
         let res = self
             .rpc("/raft/append", &rpc, &option)
             .await
@@ -379,6 +392,39 @@ mod budget_tests {
         assert_eq!(last.index, entries.len() as u64);
         let sent: usize = entries.iter().map(entry_bytes).sum();
         assert!(sent <= APPEND_BUDGET_BYTES, "{sent}");
+    }
+
+    fn request(
+        entries: Vec<openraft::Entry<TypeConfig>>,
+        commit: u64,
+    ) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: Some(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(1, 1),
+                commit,
+            )),
+            entries,
+        }
+    }
+
+    #[test]
+    fn a_cut_request_commits_no_further_than_its_last_entry() {
+        let mut rpc = request((1..=300).map(|i| batch(i, 100)).collect(), 290);
+        let last = trim_request(&mut rpc, APPEND_BUDGET_BYTES).expect("cut");
+        assert!(last.index < 10);
+        assert_eq!(rpc.leader_commit, Some(last));
+
+        // A commit index below the cut is kept as it is.
+        let mut rpc = request((1..=300).map(|i| batch(i, 100)).collect(), 2);
+        trim_request(&mut rpc, APPEND_BUDGET_BYTES).expect("cut");
+        assert_eq!(rpc.leader_commit.map(|l| l.index), Some(2));
+
+        // An uncut request is untouched.
+        let mut rpc = request((1..=3).map(|i| batch(i, 1)).collect(), 290);
+        assert_eq!(trim_request(&mut rpc, APPEND_BUDGET_BYTES), None);
+        assert_eq!(rpc.leader_commit.map(|l| l.index), Some(290));
     }
 
     #[test]
