@@ -422,7 +422,8 @@ impl Node {
         let peers = PeerClient::new();
         let identity = Self::identity(&db, config, &peers).await?;
 
-        let (sm, shared) = StateMachine::open(db.clone()).map_err(raft_err)?;
+        let (sm, shared) =
+            StateMachine::open(&db, &config.data_dir.join("snap")).map_err(raft_err)?;
         let log = LogStore::open(db.clone(), identity.id).map_err(raft_err)?;
         let durable = log.durability();
         let counters = Arc::new(PeerCounters::default());

@@ -283,7 +283,7 @@ mod tests {
         async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().expect("temp dir");
             let db = crate::node::open_db(&dir.path().join("db")).expect("open RocksDB");
-            let (sm, _shared) = StateMachine::open(db.clone())?;
+            let (sm, _shared) = StateMachine::open(&db, &dir.path().join("snap"))?;
             Ok((dir, LogStore::open(db, 0)?, sm))
         }
     }

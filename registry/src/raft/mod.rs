@@ -5,7 +5,8 @@
 //! - [`durable`]: the thread that fsyncs the leader's own appends in parallel with
 //!   replication, and the durable index a leader waits for before it acknowledges a write.
 //! - [`state_machine`]: the v2 [`Store`](crate::v2::Store) plus member attributes, applied
-//!   in log order; snapshots are persisted to RocksDB so a restart needs the disk alone.
+//!   in log order; snapshots are persisted so a restart needs the disk alone.
+//! - [`snapshot_file`]: snapshot files in `<data-dir>/snap`, written atomically, checksummed.
 //! - [`network`]: the peer RPC client (HTTP/1.1 to each member's peer URL).
 //! - [`thread`]: the consensus thread all of the above (and the peer listener) run on.
 
@@ -14,6 +15,7 @@ pub mod durable;
 #[allow(clippy::result_large_err)]
 pub mod log_store;
 pub mod network;
+pub mod snapshot_file;
 #[allow(clippy::result_large_err)]
 pub mod state_machine;
 pub mod thread;

@@ -3,7 +3,7 @@
 //! The state lives in memory behind [`Shared`], which the HTTP layer reads directly (GETs and
 //! watches are served locally, as etcd serves them). Durability comes from the log: after a
 //! restart, openraft re-applies committed entries on top of the last snapshot, which is kept
-//! in RocksDB (column family `sm`).
+//! in a file of its own ([`SnapshotFiles`]).
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -11,17 +11,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use rocksdb::{WriteOptions, DB};
+use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::snapshot_file::SnapshotFiles;
 use super::{
     Applied, LogId, NodeId, Proposal, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use crate::v2::{self, Store};
 
+/// The column family that held snapshots before they moved to files; a data dir written by
+/// such a version still has it, so it is opened, read once and emptied.
 pub(crate) const CF_SM: &str = "sm";
-const KEY_SNAPSHOT: &[u8] = b"snapshot";
+const LEGACY_KEY_SNAPSHOT: &[u8] = b"snapshot";
 
 /// A member's published attributes (etcd's `name` and `clientURLs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,25 +74,53 @@ impl Shared {
     }
 }
 
+/// A snapshot as versions before [`SnapshotFiles`] stored it: one JSON value in `sm`.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
+struct LegacySnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
 }
 
-/// Writes `snap` to the `sm` column family, fsync'ed.
-fn persist_snapshot(db: &DB, snap: &StoredSnapshot) -> Result<(), StorageError> {
-    let bytes = serde_json::to_vec(snap).map_err(|e| StorageIOError::write_state_machine(&e))?;
+/// Moves a snapshot left in RocksDB by an older version into a file, once.
+fn migrate_legacy_snapshot(db: &DB, files: &SnapshotFiles) -> Result<(), StorageError> {
     let cf = db.cf_handle(CF_SM).expect("column family created at open");
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    db.put_cf_opt(cf, KEY_SNAPSHOT, bytes, &opts)
-        .map_err(|e| StorageIOError::write_state_machine(&e).into())
+    let Some(bytes) = db
+        .get_cf(cf, LEGACY_KEY_SNAPSHOT)
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+    else {
+        return Ok(());
+    };
+    if files.load_latest().map_err(read_err)?.is_none() {
+        let snap: LegacySnapshot =
+            serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        files.save(&snap.meta, &snap.data).map_err(write_err)?;
+        tracing::info!(last_log_id = ?snap.meta.last_log_id, "snapshot moved from RocksDB to a file");
+    }
+    // The file is durable before the old copy goes.
+    db.delete_cf(cf, LEGACY_KEY_SNAPSHOT)
+        .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+}
+
+fn read_err(e: super::snapshot_file::SnapshotFileError) -> StorageError {
+    StorageIOError::read_snapshot(None, &e).into()
+}
+
+fn write_err(e: super::snapshot_file::SnapshotFileError) -> StorageError {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+/// Runs blocking file work off the consensus thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?
 }
 
 /// The openraft state machine.
 pub struct StateMachine {
-    db: Arc<DB>,
+    files: SnapshotFiles,
     shared: Arc<Shared>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -131,29 +162,22 @@ fn apply_command(store: &mut Store, cmd: &v2::Command) -> Applied {
 }
 
 impl StateMachine {
-    /// Opens the state machine, restoring the last snapshot persisted in `db` if any.
-    pub fn open(db: Arc<DB>) -> Result<(Self, Arc<Shared>), StorageError> {
-        let cf = db.cf_handle(CF_SM).expect("column family created at open");
-        let stored = db
-            .get_cf(cf, KEY_SNAPSHOT)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
-        let (state, last_applied, membership) = match stored {
+    /// Opens the state machine, restoring the newest snapshot in `snap_dir` if any (first
+    /// moving one an older version left in `db` there).
+    pub fn open(db: &DB, snap_dir: &std::path::Path) -> Result<(Self, Arc<Shared>), StorageError> {
+        let files = SnapshotFiles::open(snap_dir).map_err(read_err)?;
+        migrate_legacy_snapshot(db, &files)?;
+        let (state, last_applied, membership) = match files.load_latest().map_err(read_err)? {
             None => (AppState::default(), None, StoredMembership::default()),
-            Some(bytes) => {
-                let snap: StoredSnapshot = serde_json::from_slice(&bytes)
-                    .map_err(|e| StorageIOError::read_state_machine(&e))?;
-                let state: AppState = serde_json::from_slice(&snap.data)
-                    .map_err(|e| StorageIOError::read_state_machine(&e))?;
-                (
-                    state,
-                    snap.meta.last_log_id,
-                    snap.meta.last_membership.clone(),
-                )
+            Some((meta, data)) => {
+                let state: AppState = serde_json::from_slice(&data)
+                    .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+                (state, meta.last_log_id, meta.last_membership)
             }
         };
         let shared = Shared::new(state, last_applied.map(|l| l.index).unwrap_or(0));
         let sm = StateMachine {
-            db,
+            files,
             shared: shared.clone(),
             last_applied,
             membership,
@@ -161,48 +185,39 @@ impl StateMachine {
         };
         Ok((sm, shared))
     }
-
-    fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
-        let cf = self
-            .db
-            .cf_handle(CF_SM)
-            .expect("column family created at open");
-        match self
-            .db
-            .get_cf(cf, KEY_SNAPSHOT)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?
-        {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StorageIOError::read_state_machine(&e).into()),
-        }
-    }
 }
 
 /// Builds snapshots from a consistent copy of the state.
 pub struct SnapshotBuilder {
-    sm_db: Arc<DB>,
+    files: SnapshotFiles,
+    /// How long the state was locked for encoding (for the log line).
+    encode_ms: u64,
     data: Vec<u8>,
     meta: SnapshotMeta,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let stored = StoredSnapshot {
-            meta: self.meta.clone(),
-            data: std::mem::take(&mut self.data),
-        };
-        // Encoding and fsync'ing a large snapshot must not hold the consensus thread.
-        let db = self.sm_db.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || persist_snapshot(&db, &stored).map(|()| stored))
-                .await
-                .map_err(|e| StorageIOError::write_state_machine(&io_err(e)))??;
-        tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), "snapshot built");
+        let meta = self.meta.clone();
+        let data = std::mem::take(&mut self.data);
+        // Writing and fsync'ing a large snapshot must not hold the consensus thread.
+        let files = self.files.clone();
+        let started = std::time::Instant::now();
+        let (meta, data) = blocking(move || {
+            files.save(&meta, &data).map_err(write_err)?;
+            Ok((meta, data))
+        })
+        .await?;
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            bytes = data.len(),
+            encode_ms = self.encode_ms,
+            write_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -264,19 +279,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // applied meanwhile: openraft awaits this before it applies more), on the blocking
         // pool so a large store does not hold the consensus thread.
         let shared = self.shared.clone();
+        let started = std::time::Instant::now();
         let data = tokio::task::spawn_blocking(move || {
             let state = shared.lock();
             serde_json::to_vec(&*state).expect("state serialises")
         })
         .await
         .expect("snapshot serialisation does not panic");
+        let encode_ms = started.elapsed().as_millis() as u64;
         self.snapshot_counter += 1;
         let snapshot_id = match self.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.snapshot_counter),
             None => format!("0-0-{}", self.snapshot_counter),
         };
         SnapshotBuilder {
-            sm_db: self.db.clone(),
+            files: self.files.clone(),
+            encode_ms,
             data,
             meta: SnapshotMeta {
                 last_log_id: self.last_applied,
@@ -296,15 +314,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state: AppState = serde_json::from_slice(&data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_err(e)))?;
-        persist_snapshot(
-            &self.db,
-            &StoredSnapshot {
-                meta: meta.clone(),
-                data,
-            },
-        )?;
+        // Decoding and fsync'ing a large snapshot must not hold the consensus thread.
+        let files = self.files.clone();
+        let owned_meta = meta.clone();
+        let state = blocking(move || {
+            let state: AppState = serde_json::from_slice(&data).map_err(|e| {
+                StorageIOError::read_snapshot(Some(owned_meta.signature()), &io_err(e))
+            })?;
+            files.save(&owned_meta, &data).map_err(write_err)?;
+            Ok(state)
+        })
+        .await?;
         {
             // Keep live watchers: they go on from the snapshot's state, as in etcd's recovery.
             let mut current = self.shared.lock();
@@ -321,9 +341,66 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.load_snapshot()?.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
+        let files = self.files.clone();
+        let latest = blocking(move || files.load_latest().map_err(read_err)).await?;
+        Ok(latest.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data dir from a version that kept the snapshot in RocksDB opens with that snapshot's
+    /// state, and the snapshot is then a file and no longer in RocksDB.
+    #[test]
+    fn a_snapshot_left_in_rocksdb_by_an_older_version_moves_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::node::open_db(&dir.path().join("db")).unwrap();
+        let mut state = AppState::default();
+        state.attributes.insert(
+            9,
+            Attributes {
+                name: "n9".into(),
+                client_urls: vec!["http://127.0.0.1:2379".into()],
+            },
+        );
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(4, 9), 42)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "4-42-1".into(),
+        };
+        let legacy = LegacySnapshot {
+            meta: meta.clone(),
+            data: serde_json::to_vec(&state).unwrap(),
+        };
+        let cf = db.cf_handle(CF_SM).unwrap();
+        db.put_cf(
+            cf,
+            LEGACY_KEY_SNAPSHOT,
+            serde_json::to_vec(&legacy).unwrap(),
+        )
+        .unwrap();
+
+        let snap_dir = dir.path().join("snap");
+        let (sm, shared) = StateMachine::open(&db, &snap_dir).unwrap();
+        assert_eq!(sm.last_applied, meta.last_log_id);
+        assert_eq!(shared.applied_index(), 42);
+        assert_eq!(shared.lock().attributes, state.attributes);
+        assert!(db.get_cf(cf, LEGACY_KEY_SNAPSHOT).unwrap().is_none());
+        let (file_meta, _) = SnapshotFiles::open(&snap_dir)
+            .unwrap()
+            .load_latest()
+            .unwrap()
+            .expect("a snapshot file");
+        assert_eq!(file_meta, meta);
+
+        // Opening again reads the file.
+        drop(sm);
+        let (sm, _) = StateMachine::open(&db, &snap_dir).unwrap();
+        assert_eq!(sm.last_applied, meta.last_log_id);
     }
 }

@@ -225,6 +225,16 @@ struct FlatNode {
     value: Option<String>,
 }
 
+/// [`FlatNode`] borrowed from the tree, for encoding (the same fields and layout).
+#[derive(Serialize)]
+struct FlatNodeRef<'a> {
+    path: &'a str,
+    created_index: u64,
+    modified_index: u64,
+    expire_time: Option<i64>,
+    value: Option<&'a str>,
+}
+
 /// The whole tree; serialized as a flat pre-order list so that deep trees do
 /// not hit recursion limits of serde formats.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,21 +258,15 @@ impl Serialize for Tree {
         }
         let mut all = Vec::new();
         walk(&self.0, &mut all);
-        let flat: Vec<FlatNode> = all
-            .into_iter()
-            .map(|n| FlatNode {
-                path: n.path.clone(),
-                created_index: n.created_index,
-                modified_index: n.modified_index,
-                expire_time: n.expire_time,
-                value: if n.is_dir() {
-                    None
-                } else {
-                    Some(n.value.clone())
-                },
-            })
-            .collect();
-        flat.serialize(s)
+        // Borrowed fields: a snapshot encodes the tree under the state lock, so copying every
+        // path and value first would only lengthen that pause.
+        s.collect_seq(all.into_iter().map(|n| FlatNodeRef {
+            path: &n.path,
+            created_index: n.created_index,
+            modified_index: n.modified_index,
+            expire_time: n.expire_time,
+            value: (!n.is_dir()).then_some(n.value.as_str()),
+        }))
     }
 }
 
