@@ -12,27 +12,45 @@ use serde::Serialize;
 
 use crate::http::{full, read_body, text, Body};
 use crate::node::{LeaderRequest, Node};
-use crate::raft::network::{SnapshotChunkHeader, SNAPSHOT_HEADER};
+use crate::raft::codec;
+use crate::raft::network::{SnapshotChunkHeader, BAD_MESSAGE, CODEC_HEADER, SNAPSHOT_HEADER};
 
 /// Peer messages may carry snapshot chunks and batches of entries: allow more than clients.
 const PEER_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
-fn ok_json<T: Serialize>(value: &T) -> Response<Body> {
+/// A Raft or forwarding answer, in the encoding the request came in: binary ([`codec`]),
+/// or JSON for a member still running a version that sends JSON. Every answer names the
+/// codec this member reads ([`CODEC_HEADER`]), so such a sender switches back to binary
+/// once it learns the peer understands it.
+fn reply<T: Serialize>(binary: bool, value: &T) -> Response<Body> {
+    let (content_type, body) = if binary {
+        ("application/octet-stream", codec::encode(value))
+    } else {
+        (
+            "application/json",
+            serde_json::to_vec(value).expect("peer messages serialise"),
+        )
+    };
     Response::builder()
         .status(200)
-        .header("Content-Type", "application/json")
-        .body(full(
-            serde_json::to_vec(value).expect("peer messages serialise"),
-        ))
+        .header("Content-Type", content_type)
+        .header(CODEC_HEADER, codec::NAME)
+        .body(full(body))
         .expect("valid response")
 }
 
-async fn decode<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Body>> {
+fn ok_json<T: Serialize>(value: &T) -> Response<Body> {
+    reply(false, value)
+}
+
+/// Reads a peer message; also says whether it was binary (else JSON).
+async fn decode<T: DeserializeOwned>(req: Request<Incoming>) -> Result<(T, bool), Response<Body>> {
     let body = read_body(req.into_body(), PEER_BODY_LIMIT)
         .await
         .map_err(|_| text(StatusCode::BAD_REQUEST, "unreadable peer request body"))?;
-    serde_json::from_slice(&body)
-        .map_err(|e| text(StatusCode::BAD_REQUEST, &format!("bad peer message: {e}")))
+    codec::decode(&body)
+        .map(|v| (v, codec::is_binary(&body)))
+        .map_err(|e| text(StatusCode::BAD_REQUEST, &format!("{BAD_MESSAGE}: {e}")))
 }
 
 /// Routes one peer request.
@@ -42,12 +60,12 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>, _peer: SocketAddr) 
         (Method::POST, "/raft/append") => {
             node.counters.recv_append.fetch_add(1, Ordering::Relaxed);
             match decode(req).await {
-                Ok(rpc) => ok_json(&node.raft.append_entries(rpc).await),
+                Ok((rpc, bin)) => reply(bin, &node.raft.append_entries(rpc).await),
                 Err(r) => r,
             }
         }
         (Method::POST, "/raft/vote") => match decode(req).await {
-            Ok(rpc) => ok_json(&node.raft.vote(rpc).await),
+            Ok((rpc, bin)) => reply(bin, &node.raft.vote(rpc).await),
             Err(r) => r,
         },
         (Method::POST, "/raft/snapshot") => {
@@ -73,17 +91,20 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>, _peer: SocketAddr) 
                 data,
                 done: header.done,
             };
+            // The chunk itself is raw snapshot bytes; the small answer stays JSON, which
+            // every version reads.
             ok_json(&node.raft.install_snapshot(rpc).await)
         }
         (Method::POST, "/raft/forward") => match decode::<LeaderRequest>(req).await {
-            Ok(lr) => ok_json(&node.execute(&lr).await),
+            Ok((lr, bin)) => reply(bin, &node.execute(&lr).await),
             Err(r) => r,
         },
         // Run together, so they join the same write batch, in the order sent.
         (Method::POST, "/raft/forward-batch") => match decode::<Vec<LeaderRequest>>(req).await {
-            Ok(batch) => {
-                ok_json(&futures::future::join_all(batch.iter().map(|lr| node.execute(lr))).await)
-            }
+            Ok((batch, bin)) => reply(
+                bin,
+                &futures::future::join_all(batch.iter().map(|lr| node.execute(lr))).await,
+            ),
             Err(r) => r,
         },
         (Method::GET, "/raft/cluster") => ok_json(&node.cluster_info()),

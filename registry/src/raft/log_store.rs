@@ -35,7 +35,7 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 
-type Entry = openraft::Entry<TypeConfig>;
+use super::{codec, Entry};
 
 /// The log store; cheap to clone (it shares the database).
 #[derive(Clone)]
@@ -105,8 +105,7 @@ impl LogStore {
     fn delete(&self, from: u64, to: u64, purged: Option<LogId>) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         if let Some(p) = purged {
-            let bytes = serde_json::to_vec(&Some(p)).map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.put_cf(self.cf(CF_META), KEY_PURGED, bytes);
+            batch.put_cf(self.cf(CF_META), KEY_PURGED, codec::encode(&p));
         }
         batch.delete_range_cf(self.cf(CF_LOGS), index_key(from), index_key(to));
         self.db
@@ -121,7 +120,7 @@ impl LogStore {
             .map_err(|e| StorageIOError::read_logs(&e))?;
         match raw {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
+            Some(bytes) => codec::decode(&bytes)
                 .map(Some)
                 .map_err(|e| StorageIOError::read_logs(&e).into()),
         }
@@ -133,9 +132,8 @@ impl LogStore {
         value: &T,
         opts: &WriteOptions,
     ) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write_logs(&e))?;
         self.db
-            .put_cf_opt(self.cf(CF_META), key, bytes, opts)
+            .put_cf_opt(self.cf(CF_META), key, codec::encode(value), opts)
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
@@ -146,7 +144,7 @@ impl LogStore {
             Some(item) => {
                 let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
                 let entry: Entry =
-                    serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
+                    codec::decode(&value).map_err(|e| StorageIOError::read_logs(&e))?;
                 Ok(Some(entry.log_id))
             }
         }
@@ -171,8 +169,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&index) {
                 break;
             }
-            let entry: Entry = serde_json::from_slice(&value)
-                .map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
+            let entry: Entry =
+                codec::decode(&value).map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
             out.push(entry);
         }
         Ok(out)
@@ -231,8 +229,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut last = 0;
         let mut own = true;
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.put_cf(cf, index_key(entry.log_id.index), bytes);
+            batch.put_cf(cf, index_key(entry.log_id.index), codec::encode(&entry));
             own &= self.leads(&entry.log_id);
             last = entry.log_id.index;
         }

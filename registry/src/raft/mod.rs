@@ -2,6 +2,8 @@
 //!
 //! - [`log_store`]: the Raft log, vote, committed and last-purged ids in RocksDB; a
 //!   follower's appends are fsync'ed before openraft is told they are durable.
+//! - [`codec`]: the binary encoding of log entries, peer messages and snapshot data
+//!   (JSON from older versions is still read).
 //! - [`durable`]: the thread that fsyncs the leader's own appends in parallel with
 //!   replication, and the durable index a leader waits for before it acknowledges a write.
 //! - [`state_machine`]: the v2 [`Store`](crate::v2::Store) plus member attributes, applied
@@ -10,6 +12,7 @@
 //! - [`network`]: the peer RPC client (HTTP/1.1 to each member's peer URL).
 //! - [`thread`]: the consensus thread all of the above (and the peer listener) run on.
 
+pub mod codec;
 pub mod durable;
 // openraft's StorageError is large; it is the error type the storage traits require.
 #[allow(clippy::result_large_err)]
@@ -83,6 +86,7 @@ openraft::declare_raft_types!(
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;

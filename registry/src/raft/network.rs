@@ -4,6 +4,7 @@
 //! raw body with the chunk's metadata in the `x-berth-snapshot` header, so large snapshots are
 //! not inflated by JSON-encoding bytes.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Member, NodeId, TypeConfig};
+use super::{codec, Member, NodeId, TypeConfig};
 use crate::stats::PeerCounters;
 
 /// Why a peer request failed.
@@ -47,10 +48,30 @@ pub enum PeerError {
     Decode { url: String, reason: String },
 }
 
+/// Header on every Raft/forwarding answer of a member that reads the binary codec.
+pub(crate) const CODEC_HEADER: &str = "x-berth-codec";
+
+/// Start of the 400 answer to a peer message a member cannot decode (the same text in
+/// versions that read only JSON).
+pub(crate) const BAD_MESSAGE: &str = "bad peer message";
+
 /// A pooled HTTP client for peer traffic. Cheap to clone.
 #[derive(Clone)]
 pub struct PeerClient {
     http: Client<HttpConnector, Full<Bytes>>,
+    /// Peers (`scheme://host:port`) that answered a binary message with [`BAD_MESSAGE`]: an
+    /// older berth that reads only JSON, as in the middle of a rolling upgrade. They get
+    /// JSON until an answer carries [`CODEC_HEADER`].
+    json_peers: Arc<std::sync::Mutex<HashSet<String>>>,
+}
+
+/// `scheme://host:port` of a peer URL.
+fn origin(url: &str) -> &str {
+    let rest = url.find("://").map(|i| i + 3).unwrap_or(0);
+    match url[rest..].find('/') {
+        Some(i) => &url[..rest + i],
+        None => url,
+    }
 }
 
 impl Default for PeerClient {
@@ -68,7 +89,15 @@ impl PeerClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
             .build(connector);
-        PeerClient { http }
+        PeerClient {
+            http,
+            json_peers: Arc::default(),
+        }
+    }
+
+    fn speaks_json(&self, url: &str) -> bool {
+        let peers = self.json_peers.lock().expect("not poisoned");
+        !peers.is_empty() && peers.contains(origin(url))
     }
 
     /// Sends one request and returns the body of a 200 answer.
@@ -101,6 +130,13 @@ impl PeerClient {
                     reason: e.to_string(),
                 })?;
             let status = resp.status().as_u16();
+            if resp.headers().contains_key(CODEC_HEADER) && self.speaks_json(url) {
+                self.json_peers
+                    .lock()
+                    .expect("not poisoned")
+                    .remove(origin(url));
+                tracing::info!(peer = origin(url), "peer reads binary peer messages again");
+            }
             let bytes = resp
                 .into_body()
                 .collect()
@@ -128,18 +164,41 @@ impl PeerClient {
         }
     }
 
-    /// POSTs `req` as JSON and decodes a JSON answer.
+    /// POSTs `req` in the peer encoding ([`codec`]) and decodes the answer.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         url: &str,
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
-        let body = serde_json::to_vec(req).expect("peer messages serialise");
-        let bytes = self
-            .request(hyper::Method::POST, url, None, body, timeout)
-            .await?;
-        serde_json::from_slice(&bytes).map_err(|e| PeerError::Decode {
+        let json = || serde_json::to_vec(req).expect("peer messages serialise");
+        let bytes = if self.speaks_json(url) {
+            self.request(hyper::Method::POST, url, None, json(), timeout)
+                .await?
+        } else {
+            let sent = self
+                .request(hyper::Method::POST, url, None, codec::encode(req), timeout)
+                .await;
+            match sent {
+                // Nothing was done with a message the peer could not read: resend it as JSON.
+                Err(PeerError::Status {
+                    status: 400, body, ..
+                }) if body.starts_with(BAD_MESSAGE) => {
+                    tracing::info!(
+                        peer = origin(url),
+                        "peer reads only JSON peer messages (an older berth); sending it JSON"
+                    );
+                    self.json_peers
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(origin(url).to_string());
+                    self.request(hyper::Method::POST, url, None, json(), timeout)
+                        .await?
+                }
+                other => other?,
+            }
+        };
+        codec::decode(&bytes).map_err(|e| PeerError::Decode {
             url: url.to_string(),
             reason: e.to_string(),
         })
@@ -234,7 +293,7 @@ fn entry_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
     use crate::raft::Proposal;
     use crate::v2::Command;
     let command = |c: &Command| match c {
-        Command::Key { req, .. } => 160 + req.path.len() + req.val.len() + req.prev_value.len(),
+        Command::Key { req, .. } => 48 + req.path.len() + req.val.len() + req.prev_value.len(),
         Command::Expire { .. } => 64,
     };
     64 + match &entry.payload {
@@ -336,7 +395,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             .await
             .map_err(|e| to_rpc_error(self.target, e))?;
         let res: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> =
-            serde_json::from_slice(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
@@ -433,5 +492,111 @@ mod budget_tests {
         let last = trim_to_budget(&mut entries, APPEND_BUDGET_BYTES);
         assert_eq!(entries.len(), 1);
         assert_eq!(last.map(|l| l.index), Some(7));
+    }
+}
+
+#[cfg(test)]
+mod codec_fallback_tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    use hyper::body::Incoming;
+
+    use super::*;
+
+    /// A peer that sums a list of numbers. Until `upgraded` is set it behaves like a berth
+    /// that reads only JSON: a binary message gets the 400 such a version answers. It records
+    /// whether each message it got was binary.
+    async fn fake_peer(upgraded: Arc<AtomicBool>, seen: Arc<Mutex<Vec<bool>>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (upgraded, seen) = (upgraded.clone(), seen.clone());
+                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let (upgraded, seen) = (upgraded.clone(), seen.clone());
+                    async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let binary = codec::is_binary(&body);
+                        seen.lock().unwrap().push(binary);
+                        let new = upgraded.load(Ordering::SeqCst);
+                        let answer = if binary && !new {
+                            hyper::Response::builder()
+                                .status(400)
+                                .body(Full::new(Bytes::from(
+                                    "bad peer message: expected value at line 1 column 1",
+                                )))
+                        } else {
+                            let sum: u64 = codec::decode::<Vec<u64>>(&body).unwrap().iter().sum();
+                            let bytes = if binary {
+                                codec::encode(&sum)
+                            } else {
+                                serde_json::to_vec(&sum).unwrap()
+                            };
+                            let mut b = hyper::Response::builder().status(200);
+                            if new {
+                                b = b.header(CODEC_HEADER, codec::NAME);
+                            }
+                            b.body(Full::new(Bytes::from(bytes)))
+                        };
+                        Ok::<_, std::convert::Infallible>(answer.unwrap())
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        format!("http://{addr}/raft/forward")
+    }
+
+    #[tokio::test]
+    async fn an_older_peer_gets_json_until_it_answers_as_an_upgraded_one() {
+        let upgraded = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let url = fake_peer(upgraded.clone(), seen.clone()).await;
+        let client = PeerClient::new();
+        let t = Duration::from_secs(5);
+        let seen = move || std::mem::take(&mut *seen.lock().unwrap());
+
+        // Binary first; refused, so the same message again as JSON.
+        assert_eq!(
+            client
+                .call::<_, u64>(&url, &vec![1u64, 2, 3], t)
+                .await
+                .unwrap(),
+            6
+        );
+        assert_eq!(seen(), [true, false]);
+        // From then on JSON at once.
+        assert_eq!(
+            client.call::<_, u64>(&url, &vec![4u64], t).await.unwrap(),
+            4
+        );
+        assert_eq!(seen(), [false]);
+
+        // Upgraded, the peer still answers JSON to JSON, but says it reads binary: the next
+        // message is binary again.
+        upgraded.store(true, Ordering::SeqCst);
+        assert_eq!(
+            client.call::<_, u64>(&url, &vec![5u64], t).await.unwrap(),
+            5
+        );
+        assert_eq!(
+            client.call::<_, u64>(&url, &vec![6u64], t).await.unwrap(),
+            6
+        );
+        assert_eq!(seen(), [false, true]);
+    }
+
+    #[test]
+    fn origin_is_scheme_host_and_port() {
+        assert_eq!(
+            origin("http://127.0.0.1:2380/raft/append"),
+            "http://127.0.0.1:2380"
+        );
+        assert_eq!(origin("http://[::1]:2380"), "http://[::1]:2380");
     }
 }

@@ -15,6 +15,7 @@ use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::codec;
 use super::snapshot_file::SnapshotFiles;
 use super::{
     Applied, LogId, NodeId, Proposal, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -170,7 +171,7 @@ impl StateMachine {
         let (state, last_applied, membership) = match files.load_latest().map_err(read_err)? {
             None => (AppState::default(), None, StoredMembership::default()),
             Some((meta, data)) => {
-                let state: AppState = serde_json::from_slice(&data)
+                let state: AppState = codec::decode(&data)
                     .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
                 (state, meta.last_log_id, meta.last_membership)
             }
@@ -282,7 +283,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let started = std::time::Instant::now();
         let data = tokio::task::spawn_blocking(move || {
             let state = shared.lock();
-            serde_json::to_vec(&*state).expect("state serialises")
+            codec::encode(&*state)
         })
         .await
         .expect("snapshot serialisation does not panic");
@@ -318,7 +319,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let files = self.files.clone();
         let owned_meta = meta.clone();
         let state = blocking(move || {
-            let state: AppState = serde_json::from_slice(&data).map_err(|e| {
+            let state: AppState = codec::decode(&data).map_err(|e| {
                 StorageIOError::read_snapshot(Some(owned_meta.signature()), &io_err(e))
             })?;
             files.save(&owned_meta, &data).map_err(write_err)?;

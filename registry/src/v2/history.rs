@@ -15,9 +15,37 @@ pub const HISTORY_CAPACITY: usize = 1000;
 /// (refresh events fill an index but are never matched by watchers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct HistoryEntry {
+    #[serde(with = "event_in_snapshot")]
     pub event: Event,
     #[serde(default)]
     pub refresh: bool,
+}
+
+/// How a history event is kept in a snapshot. [`Event`]'s serde attributes describe etcd's
+/// JSON, which leaves empty fields out; a binary format (the snapshot's, see
+/// `raft::codec`) cannot skip fields, so there each event is kept as its JSON text. At most
+/// [`HISTORY_CAPACITY`] events, so this costs little next to the tree.
+mod event_in_snapshot {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Event;
+
+    pub fn serialize<S: Serializer>(e: &Event, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            e.serialize(s)
+        } else {
+            s.serialize_str(&serde_json::to_string(e).map_err(serde::ser::Error::custom)?)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Event, D::Error> {
+        if d.is_human_readable() {
+            Event::deserialize(d)
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text).map_err(D::Error::custom)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
