@@ -2,7 +2,6 @@
 //! its client waits and released when the client goes away; a one-shot answer ends its body;
 //! a stream delivers every event in order; many watchers of one key all get the write.
 
-#[allow(dead_code)]
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};

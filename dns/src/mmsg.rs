@@ -207,7 +207,7 @@ mod tests {
         let mut got = Vec::new();
         while got.len() < payloads.len() {
             let n = batch.recv(&server).unwrap();
-            assert!(n >= 1 && n <= BATCH);
+            assert!((1..=BATCH).contains(&n));
             for i in 0..n {
                 let (bytes, from) = batch.get(i);
                 assert_eq!(from, Some(client.local_addr().unwrap()));
