@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::raft::durable::Durability;
 use crate::raft::log_store::{LogStore, CF_LOGS, CF_META};
 use crate::raft::network::{NetworkFactory, PeerClient, PeerError};
-use crate::raft::state_machine::{Shared, StateMachine, CF_SM};
+use crate::raft::state_machine::{AppState, Shared, StateMachine, CF_SM};
 use crate::raft::thread::RaftThread;
 use crate::raft::{Applied, Member, NodeId, Proposal, Raft};
 use crate::stats::PeerCounters;
@@ -753,7 +753,14 @@ impl Node {
                     // Only what is acknowledged (durable here too) is read back.
                     self.durable.wait(index).await;
                     self.shared.wait_applied(index).await;
-                    LeaderReply::Done(self.local_get(key))
+                    // A follower's quorum read runs here on the consensus thread (the
+                    // peer listener's), which must not wait for the state lock.
+                    let key = key.clone();
+                    let applied = self
+                        .shared
+                        .with_state_off_thread(move |state| read_rendered(state, &key))
+                        .await;
+                    LeaderReply::Done(applied)
                 }
                 Err(ReadIndexError::NotLeader) => LeaderReply::NotLeader,
                 Err(ReadIndexError::Other(e)) => LeaderReply::Done(raft_internal(&e)),
@@ -803,18 +810,7 @@ impl Node {
 
     /// A local (possibly stale) read, as etcd serves GETs without `quorum=true`.
     pub fn local_get(&self, req: &KeyRequest) -> Applied {
-        let result = {
-            let mut state = self.shared.lock();
-            let result = state
-                .store
-                .get(&req.path, req.recursive, req.sorted, now_ns());
-            state.store.count_get(result.is_ok());
-            result
-        };
-        match result {
-            Ok(event) => crate::http::render_event(&event, false),
-            Err(err) => crate::http::render_error(&err),
-        }
+        read_rendered(&mut self.shared.lock(), req)
     }
 
     async fn member_add(&self, peer_urls: &[String]) -> LeaderReply {
@@ -1139,6 +1135,18 @@ fn member_error(status: u16, message: &str) -> Applied {
             serde_json::to_string(message).unwrap()
         )
         .into_bytes(),
+    }
+}
+
+/// Reads `req` from the state and renders etcd's answer, counting the GET in the stats.
+fn read_rendered(state: &mut AppState, req: &KeyRequest) -> Applied {
+    let result = state
+        .store
+        .get(&req.path, req.recursive, req.sorted, now_ns());
+    state.store.count_get(result.is_ok());
+    match result {
+        Ok(event) => crate::http::render_event(&event, false),
+        Err(err) => crate::http::render_error(&err),
     }
 }
 

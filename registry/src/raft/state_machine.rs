@@ -62,6 +62,31 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `f` on the state from a task that must not wait for the lock on its own thread
+    /// (the consensus thread: a snapshot being encoded holds the lock for up to a few
+    /// hundred milliseconds, and heartbeats would stop meanwhile). An uncontended lock is
+    /// taken at once; a contended one is waited for on the blocking pool.
+    pub async fn with_state_off_thread<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut AppState) -> R + Send + 'static,
+    ) -> R {
+        {
+            // Scoped so that no guard lives across the await below.
+            let guard = match self.state.try_lock() {
+                Ok(g) => Some(g),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut g) = guard {
+                return f(&mut g);
+            }
+        }
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || f(&mut shared.lock()))
+            .await
+            .expect("a read of the state does not panic")
+    }
+
     /// The index of the last applied log entry.
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
@@ -354,6 +379,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_off_the_consensus_thread_does_not_stall_that_thread_while_the_lock_is_held() {
+        let shared = Shared::new(AppState::default(), 0);
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (ticked_tx, ticked_rx) = std::sync::mpsc::channel::<()>();
+        // Another thread holds the lock (as a snapshot encoding does) until the runtime below
+        // has shown it still runs other tasks, or gives up after 10 s.
+        let holder = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let _guard = shared.lock();
+                held_tx.send(()).unwrap();
+                ticked_rx
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .is_ok()
+            })
+        };
+        held_rx.recv().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let index = rt.block_on(async {
+            let read = {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    shared
+                        .with_state_off_thread(|state| state.store.index())
+                        .await
+                })
+            };
+            // Runs on the same thread as the waiting read.
+            for _ in 0..5 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            ticked_tx.send(()).unwrap();
+            read.await.unwrap()
+        });
+        assert!(
+            holder.join().unwrap(),
+            "the runtime stopped while the read waited for the lock"
+        );
+        assert_eq!(index, 0);
+    }
 
     /// A data dir from a version that kept the snapshot in RocksDB opens with that snapshot's
     /// state, and the snapshot is then a file and no longer in RocksDB.
