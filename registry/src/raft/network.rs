@@ -59,10 +59,37 @@ pub(crate) const BAD_MESSAGE: &str = "bad peer message";
 #[derive(Clone)]
 pub struct PeerClient {
     http: Client<HttpConnector, Full<Bytes>>,
-    /// Peers (`scheme://host:port`) that answered a binary message with [`BAD_MESSAGE`]: an
-    /// older berth that reads only JSON, as in the middle of a rolling upgrade. They get
-    /// JSON until an answer carries [`CODEC_HEADER`].
-    json_peers: Arc<std::sync::Mutex<HashSet<String>>>,
+    /// Peers that read only JSON (see [`JsonPeers`]).
+    json_peers: Arc<JsonPeers>,
+}
+
+/// Peers (`scheme://host:port`) that answered a binary message with [`BAD_MESSAGE`]: an
+/// older berth that reads only JSON, as in the middle of a rolling upgrade. They get JSON
+/// until an answer carries [`CODEC_HEADER`]. Outside an upgrade the set is empty, and every
+/// peer call checks one atomic flag, not the lock.
+#[derive(Default)]
+struct JsonPeers {
+    any: std::sync::atomic::AtomicBool,
+    set: std::sync::Mutex<HashSet<String>>,
+}
+
+impl JsonPeers {
+    fn contains(&self, url: &str) -> bool {
+        self.any.load(Ordering::Relaxed)
+            && self.set.lock().expect("not poisoned").contains(origin(url))
+    }
+
+    /// Records whether the peer of `url` reads only JSON; true if that changed.
+    fn mark(&self, url: &str, json_only: bool) -> bool {
+        let mut set = self.set.lock().expect("not poisoned");
+        let changed = if json_only {
+            set.insert(origin(url).to_string())
+        } else {
+            set.remove(origin(url))
+        };
+        self.any.store(!set.is_empty(), Ordering::Relaxed);
+        changed
+    }
 }
 
 /// `scheme://host:port` of a peer URL.
@@ -95,11 +122,6 @@ impl PeerClient {
         }
     }
 
-    fn speaks_json(&self, url: &str) -> bool {
-        let peers = self.json_peers.lock().expect("not poisoned");
-        !peers.is_empty() && peers.contains(origin(url))
-    }
-
     /// Sends one request and returns the body of a 200 answer.
     pub async fn request(
         &self,
@@ -130,11 +152,10 @@ impl PeerClient {
                     reason: e.to_string(),
                 })?;
             let status = resp.status().as_u16();
-            if resp.headers().contains_key(CODEC_HEADER) && self.speaks_json(url) {
-                self.json_peers
-                    .lock()
-                    .expect("not poisoned")
-                    .remove(origin(url));
+            if resp.headers().contains_key(CODEC_HEADER)
+                && self.json_peers.contains(url)
+                && self.json_peers.mark(url, false)
+            {
                 tracing::info!(peer = origin(url), "peer reads binary peer messages again");
             }
             let bytes = resp
@@ -172,7 +193,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
         let json = || serde_json::to_vec(req).expect("peer messages serialise");
-        let bytes = if self.speaks_json(url) {
+        let bytes = if self.json_peers.contains(url) {
             self.request(hyper::Method::POST, url, None, json(), timeout)
                 .await?
         } else {
@@ -184,14 +205,12 @@ impl PeerClient {
                 Err(PeerError::Status {
                     status: 400, body, ..
                 }) if body.starts_with(BAD_MESSAGE) => {
-                    tracing::info!(
-                        peer = origin(url),
-                        "peer reads only JSON peer messages (an older berth); sending it JSON"
-                    );
-                    self.json_peers
-                        .lock()
-                        .expect("not poisoned")
-                        .insert(origin(url).to_string());
+                    if self.json_peers.mark(url, true) {
+                        tracing::info!(
+                            peer = origin(url),
+                            "peer reads only JSON peer messages (an older berth); sending it JSON"
+                        );
+                    }
                     self.request(hyper::Method::POST, url, None, json(), timeout)
                         .await?
                 }
@@ -484,6 +503,34 @@ mod budget_tests {
         let mut rpc = request((1..=3).map(|i| batch(i, 1)).collect(), 290);
         assert_eq!(trim_request(&mut rpc, APPEND_BUDGET_BYTES), None);
         assert_eq!(rpc.leader_commit.map(|l| l.index), Some(290));
+    }
+
+    #[test]
+    fn the_size_estimate_is_not_below_the_encoded_size() {
+        use crate::raft::codec;
+        let mut small = KeyRequest::new(Method::Put, "/services/web/a");
+        small.val = "{\"host\":\"10.0.0.1\",\"port\":80}".into();
+        small.ttl = Some(60);
+        small.prev_value = "old".into();
+        let small = Command::Key {
+            req: small,
+            now: i64::MAX,
+        };
+        let entries = [
+            batch(u64::MAX, 1),
+            batch(7, 100),
+            openraft::Entry {
+                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), u64::MAX),
+                payload: openraft::EntryPayload::Normal(Proposal::Batch(vec![small; 50])),
+            },
+        ];
+        for e in &entries {
+            let (estimate, actual) = (entry_bytes(e), codec::encode(e).len());
+            assert!(
+                estimate >= actual && estimate <= actual * 2,
+                "estimate {estimate}, encoded {actual}"
+            );
+        }
     }
 
     #[test]
