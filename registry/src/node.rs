@@ -756,11 +756,11 @@ impl Node {
                     // A follower's quorum read runs here on the consensus thread (the
                     // peer listener's), which must not wait for the state lock.
                     let key = key.clone();
-                    let applied = self
+                    let result = self
                         .shared
-                        .with_state_off_thread(move |state| read_rendered(state, &key))
+                        .with_state_off_thread(move |state| read(state, &key))
                         .await;
-                    LeaderReply::Done(applied)
+                    LeaderReply::Done(render_read(result))
                 }
                 Err(ReadIndexError::NotLeader) => LeaderReply::NotLeader,
                 Err(ReadIndexError::Other(e)) => LeaderReply::Done(raft_internal(&e)),
@@ -810,7 +810,9 @@ impl Node {
 
     /// A local (possibly stale) read, as etcd serves GETs without `quorum=true`.
     pub fn local_get(&self, req: &KeyRequest) -> Applied {
-        read_rendered(&mut self.shared.lock(), req)
+        // The lock is released before the answer is rendered.
+        let result = read(&mut self.shared.lock(), req);
+        render_read(result)
     }
 
     async fn member_add(&self, peer_urls: &[String]) -> LeaderReply {
@@ -1138,12 +1140,17 @@ fn member_error(status: u16, message: &str) -> Applied {
     }
 }
 
-/// Reads `req` from the state and renders etcd's answer, counting the GET in the stats.
-fn read_rendered(state: &mut AppState, req: &KeyRequest) -> Applied {
+/// Reads `req` from the state, counting the GET in the stats (under the state lock).
+fn read(state: &mut AppState, req: &KeyRequest) -> Result<v2::Event, v2::V2Error> {
     let result = state
         .store
         .get(&req.path, req.recursive, req.sorted, now_ns());
     state.store.count_get(result.is_ok());
+    result
+}
+
+/// etcd's answer to a read (outside the state lock).
+fn render_read(result: Result<v2::Event, v2::V2Error>) -> Applied {
     match result {
         Ok(event) => crate::http::render_event(&event, false),
         Err(err) => crate::http::render_error(&err),
