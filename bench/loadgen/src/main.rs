@@ -6,7 +6,8 @@
 //! - `get`:   pre-write `--keys` keys, then local GETs of random keys
 //! - `qget`:  same, with `?quorum=true`
 //! - `watch`: open `--watchers` long-poll watchers (`?wait=true`) on one member, each on its
-//!   own connection, then issue one write and time how long each watcher takes to answer
+//!   own connection, then issue one write and time how long each watcher takes to answer (as read
+//!   here, and as the answer reached this machine's socket: a kernel receive timestamp)
 //! - `fill`:  write `--requests` keys (for the RSS measurement)
 //!
 //! One connection per worker; workers are spread round-robin over the member client URLs
@@ -130,7 +131,8 @@ impl Conn {
                 "application/x-www-form-urlencoded",
             );
         }
-        b.body(Full::new(body.unwrap_or_default())).expect("valid request")
+        b.body(Full::new(body.unwrap_or_default()))
+            .expect("valid request")
     }
 
     async fn call(&mut self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply> {
@@ -216,9 +218,7 @@ impl Errors {
 }
 
 fn value_body(size: usize) -> Bytes {
-    let v: String = (0..size)
-        .map(|i| (b'a' + (i % 26) as u8) as char)
-        .collect();
+    let v: String = (0..size).map(|i| (b'a' + (i % 26) as u8) as char).collect();
     Bytes::from(format!("value={v}"))
 }
 
@@ -416,9 +416,80 @@ async fn run_load(
     }))
 }
 
+/// Asks the kernel to stamp every segment this socket receives with its arrival time
+/// (`SO_TIMESTAMPNS`, CLOCK_REALTIME), returned by `recvmsg` as a control message.
+fn enable_rx_timestamps(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a pointer to an int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// One `recvmsg` into `buf`: the bytes read and, if the socket has [`enable_rx_timestamps`],
+/// when the kernel received the last segment read (nanoseconds since the Unix epoch).
+fn recv_with_timestamp(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<i128>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // u64s keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: fd is an open socket; msg points at live buffers of the sizes given.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_* walk stays within msg_controllen bytes of `control`, which the
+    // kernel filled; the timestamp is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let t: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                stamp = Some(t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, stamp))
+}
+
+/// Now, in nanoseconds since the Unix epoch (the clock of kernel receive timestamps).
+fn realtime_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
 /// One long-poll watcher on a plain socket: the request is written by hand and the answer
-/// read with one `read` per arrival, so the client adds as little as possible to the time
-/// measured (a hyper client connection costs several task wake-ups per answer).
+/// read with one `recvmsg` per arrival, so the client adds as little as possible to the time
+/// measured (a hyper client connection costs several task wake-ups per answer). The kernel
+/// stamps each arrival, so the answer's time is known even when this process, which shares
+/// the machine with the server, gets to read it later.
 struct RawWatcher {
     stream: TcpStream,
     buf: Vec<u8>,
@@ -426,6 +497,8 @@ struct RawWatcher {
     /// Where the body starts in `buf`, once the head is in.
     body_at: usize,
     content_length: Option<usize>,
+    /// Kernel receive time of the last segment read (ns since the epoch).
+    arrived_ns: Option<i128>,
 }
 
 impl RawWatcher {
@@ -435,6 +508,7 @@ impl RawWatcher {
             .await
             .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
+        enable_rx_timestamps(&stream).context("SO_TIMESTAMPNS")?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
         stream.write_all(req.as_bytes()).await?;
         Ok(RawWatcher {
@@ -443,17 +517,31 @@ impl RawWatcher {
             status: 0,
             body_at: 0,
             content_length: None,
+            arrived_ns: None,
         })
     }
 
     async fn fill(&mut self) -> Result<()> {
-        use tokio::io::AsyncReadExt;
+        use std::os::fd::AsRawFd;
         let mut chunk = [0u8; 4096];
-        let n = self.stream.read(&mut chunk).await?;
+        let fd = self.stream.as_raw_fd();
+        let (n, stamp) = loop {
+            self.stream.readable().await?;
+            match self.stream.try_io(tokio::io::Interest::READABLE, || {
+                recv_with_timestamp(fd, &mut chunk)
+            }) {
+                Ok(r) => break r,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
         if n == 0 {
             bail!("connection closed after {} bytes", self.buf.len());
         }
         self.buf.extend_from_slice(&chunk[..n]);
+        if stamp.is_some() {
+            self.arrived_ns = stamp;
+        }
         Ok(())
     }
 
@@ -505,7 +593,9 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
     // Create the key and learn the current index; watchers wait for index+1, so a watcher
     // whose registration lands after the write still answers (from the event history).
     let mut writer = Conn::open(&addr).await?;
-    let r = writer.call(Method::PUT, &key_path, Some(value.clone())).await?;
+    let r = writer
+        .call(Method::PUT, &key_path, Some(value.clone()))
+        .await?;
     if !r.status.is_success() {
         bail!("initial PUT {key_path}: {} {:?}", r.status, r.body);
     }
@@ -577,20 +667,26 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
     let t0 = Instant::now();
-    let write_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    let w = writer.call(Method::PUT, &key_path, Some(value.clone())).await;
+    let t0_ns = realtime_ns();
+    let write_at = t0_ns as f64 / 1e9;
+    let w = writer
+        .call(Method::PUT, &key_path, Some(value.clone()))
+        .await;
     let write_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let write_status = match &w {
         Ok(r) => r.status.as_u16().to_string(),
         Err(e) => format!("error: {e:#}"),
     };
 
+    // Two clocks per answer: when this process read it, and when it reached this machine's
+    // socket (kernel timestamp). The first adds this process's own queueing: it reads 10,000
+    // sockets on one thread of a machine whose cores the server is using too.
     let mut hist = new_hist();
+    let mut arrival_hist = new_hist();
     let mut answered = 0usize;
     let mut within = 0usize;
+    let mut arrived_within = 0usize;
+    let mut unstamped = 0usize;
     let mut bad = 0usize;
     let mut keep = Vec::with_capacity(n);
     let deadline = t0 + Duration::from_secs(30);
@@ -602,6 +698,7 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
         }
         match tokio::time::timeout(deadline - now, done_rx.recv()).await {
             Ok(Some((t, good, conn))) => {
+                let arrived_ns = conn.as_ref().and_then(|w| w.arrived_ns);
                 keep.extend(conn);
                 if !good {
                     bad += 1;
@@ -613,6 +710,16 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
                     within += 1;
                 }
                 hist.saturating_record((d.as_micros() as u64).max(1));
+                match arrived_ns {
+                    Some(a) => {
+                        let us = ((a - t0_ns).max(0) / 1000) as u64;
+                        if us <= limit.as_micros() as u64 {
+                            arrived_within += 1;
+                        }
+                        arrival_hist.saturating_record(us.max(1));
+                    }
+                    None => unstamped += 1,
+                }
             }
             Ok(None) | Err(_) => break,
         }
@@ -629,6 +736,9 @@ async fn run_watch(args: &Args, target: &str) -> Result<Value> {
         "write_at_unix_s": write_at,
         "answered": answered,
         "answered_within_deadline": within,
+        "arrived_within_deadline": arrived_within,
+        "arrival_latency_ms": lat_json(&arrival_hist),
+        "answers_without_timestamp": unstamped,
         "deadline_ms": args.watch_deadline_ms,
         "failed": bad,
         "errors": errors.count.load(Ordering::Relaxed),
