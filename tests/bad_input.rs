@@ -48,14 +48,16 @@ fn seed(cluster: &Cluster) {
     }
 }
 
+/// (method, path, form body, status, etcd error code, text the message or cause contains)
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, u16, u64, &'a str);
+
 #[test]
 fn malformed_key_requests_get_etcd_errors_and_change_nothing() {
     let cluster = Cluster::start(1);
     seed(&cluster);
     let before = state(&cluster);
     let big_value = format!("value={}", "x".repeat(2 * 1024 * 1024));
-    // (method, path, form body, status, etcd error code, text the message or cause contains)
-    let cases: Vec<(&str, &str, Option<&str>, u16, u64, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "PUT",
             "/v2/keys/a",

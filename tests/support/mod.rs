@@ -22,8 +22,6 @@ use std::time::{Duration, Instant};
 /// The berth binary built for this test run.
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
-/// A port that was free a moment ago.
-
 /// Polls `f` until it returns `Some` or the deadline passes.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

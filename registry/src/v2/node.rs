@@ -2,6 +2,7 @@
 //! root, which clients see with an empty key, as etcd shows its "/1" root).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -17,16 +18,26 @@ pub(crate) enum CompareResult {
     NotMatch,
 }
 
+/// Text shared between a node and its copies: a node cloned for a snapshot counts
+/// references instead of copying its path, name and value.
+pub(crate) type Text = Arc<str>;
+
+/// A directory's children, shared between the live tree and snapshot copies until one of
+/// them changes (copy on write, see [`Node::children_mut`]): copying the whole tree for a
+/// snapshot copies one pointer, and a write afterwards copies only the directories it
+/// changes on its way down, each once per snapshot.
+pub(crate) type Children = Arc<BTreeMap<Text, Node>>;
+
 /// A file (children None) or directory (children Some).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Node {
-    pub path: String,
+    pub path: Text,
     pub created_index: u64,
     pub modified_index: u64,
     /// Unix nanoseconds; None = permanent.
     pub expire_time: Option<i64>,
-    pub value: String,
-    pub children: Option<BTreeMap<String, Node>>,
+    pub value: Text,
+    pub children: Option<Children>,
 }
 
 /// Where a lookup stopped.
@@ -41,30 +52,41 @@ pub(crate) enum LookupError {
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
 impl Node {
-    pub fn new_file(path: String, value: String, index: u64, expire_time: Option<i64>) -> Node {
+    pub fn new_file(
+        path: impl Into<Text>,
+        value: impl Into<Text>,
+        index: u64,
+        expire_time: Option<i64>,
+    ) -> Node {
         Node {
-            path,
+            path: path.into(),
             created_index: index,
             modified_index: index,
             expire_time,
-            value,
+            value: value.into(),
             children: None,
         }
     }
 
-    pub fn new_dir(path: String, index: u64, expire_time: Option<i64>) -> Node {
+    pub fn new_dir(path: impl Into<Text>, index: u64, expire_time: Option<i64>) -> Node {
         Node {
-            path,
+            path: path.into(),
             created_index: index,
             modified_index: index,
             expire_time,
-            value: String::new(),
-            children: Some(BTreeMap::new()),
+            value: Text::from(""),
+            children: Some(Children::default()),
         }
     }
 
     pub fn is_dir(&self) -> bool {
         self.children.is_some()
+    }
+
+    /// A directory's children, to change; first copied (one level) if a snapshot copy still
+    /// shares them. None for a file.
+    pub fn children_mut(&mut self) -> Option<&mut BTreeMap<Text, Node>> {
+        self.children.as_mut().map(Arc::make_mut)
     }
 
     /// Hidden nodes have a last path component starting with '_'.
@@ -74,7 +96,7 @@ impl Node {
 
     /// The key clients see: the root is shown with an empty key.
     pub fn key(&self) -> &str {
-        if self.path == "/" {
+        if &*self.path == "/" {
             ""
         } else {
             &self.path
@@ -116,7 +138,7 @@ impl Node {
                         .collect();
                 }
             }
-            None => ext.value = Some(self.value.clone()),
+            None => ext.value = Some(self.value.to_string()),
         }
         ext
     }
@@ -133,7 +155,7 @@ impl Node {
                     .map(|c| c.repr(recursive, now))
                     .collect();
             }
-            None => ext.value = Some(self.value.clone()),
+            None => ext.value = Some(self.value.to_string()),
         }
         let (exp, ttl) = self.expiration_and_ttl(now);
         ext.expiration = exp;
@@ -143,7 +165,7 @@ impl Node {
     /// Compares against prevValue ("" = any) and prevIndex (0 = any).
     pub fn compare(&self, prev_value: &str, prev_index: u64) -> CompareResult {
         let index_ok = prev_index == 0 || self.modified_index == prev_index;
-        let value_ok = prev_value.is_empty() || self.value == prev_value;
+        let value_ok = prev_value.is_empty() || &*self.value == prev_value;
         match (value_ok, index_ok) {
             (true, true) => CompareResult::Match,
             (false, true) => CompareResult::ValueNotMatch,
@@ -175,7 +197,7 @@ impl Node {
         for name in path::components(p) {
             let children = match &curr.children {
                 Some(c) => c,
-                None => return Err(LookupError::NotDir(curr.path.clone())),
+                None => return Err(LookupError::NotDir(curr.path.to_string())),
             };
             curr = match children.get(name) {
                 Some(c) => c,
@@ -189,7 +211,7 @@ impl Node {
     pub fn lookup_mut(&mut self, p: &str) -> Option<&mut Node> {
         let mut curr = self;
         for name in path::components(p) {
-            curr = curr.children.as_mut()?.get_mut(name)?;
+            curr = curr.children_mut()?.get_mut(name)?;
         }
         Some(curr)
     }
@@ -197,7 +219,7 @@ impl Node {
     /// Detaches the node at `p` (not the root) and returns it.
     pub fn remove_at(&mut self, p: &str) -> Option<Node> {
         let (parent, name) = path::split_last(p);
-        self.lookup_mut(parent)?.children.as_mut()?.remove(name)
+        self.lookup_mut(parent)?.children_mut()?.remove(name)
     }
 
     /// Post-order list of (path, expire_time) of this node and everything
@@ -208,7 +230,7 @@ impl Node {
                 c.removal_order(out);
             }
         }
-        out.push((self.path.clone(), self.expire_time));
+        out.push((self.path.to_string(), self.expire_time));
     }
 }
 
@@ -258,14 +280,13 @@ impl Serialize for Tree {
         }
         let mut all = Vec::new();
         walk(&self.0, &mut all);
-        // Borrowed fields: a snapshot encodes the tree under the state lock, so copying every
-        // path and value first would only lengthen that pause.
+        // Borrowed fields: no second copy of every path and value while a snapshot encodes.
         s.collect_seq(all.into_iter().map(|n| FlatNodeRef {
             path: &n.path,
             created_index: n.created_index,
             modified_index: n.modified_index,
             expire_time: n.expire_time,
-            value: (!n.is_dir()).then_some(n.value.as_str()),
+            value: (!n.is_dir()).then_some(&*n.value),
         }))
     }
 }
@@ -283,8 +304,8 @@ impl<'de> Deserialize<'de> for Tree {
         tree.modified_index = root.modified_index;
         for f in it {
             let node = match f.value {
-                Some(v) => Node::new_file(f.path.clone(), v, f.created_index, f.expire_time),
-                None => Node::new_dir(f.path.clone(), f.created_index, f.expire_time),
+                Some(v) => Node::new_file(f.path.as_str(), v, f.created_index, f.expire_time),
+                None => Node::new_dir(f.path.as_str(), f.created_index, f.expire_time),
             };
             let node = Node {
                 modified_index: f.modified_index,
@@ -293,9 +314,9 @@ impl<'de> Deserialize<'de> for Tree {
             let (parent, name) = path::split_last(&f.path);
             let parent = tree
                 .lookup_mut(parent)
-                .and_then(|p| p.children.as_mut())
+                .and_then(|p| p.children_mut())
                 .ok_or_else(|| D::Error::custom(format!("orphan node {}", f.path)))?;
-            parent.insert(name.to_string(), node);
+            parent.insert(name.into(), node);
         }
         Ok(Tree(tree))
     }
@@ -306,29 +327,26 @@ mod tests {
     use super::*;
 
     fn sample() -> Node {
-        let mut root = Node::new_dir("/".into(), 0, None);
-        let mut d = Node::new_dir("/d".into(), 4, None);
-        d.children.as_mut().unwrap().insert(
-            "a".into(),
-            Node::new_file("/d/a".into(), "1".into(), 4, None),
-        );
-        d.children.as_mut().unwrap().insert(
-            "_h".into(),
-            Node::new_file("/d/_h".into(), "h".into(), 5, None),
-        );
-        let mut sub = Node::new_dir("/d/sub".into(), 6, Some(10_000_000_000));
-        sub.children.as_mut().unwrap().insert(
-            "x".into(),
-            Node::new_file("/d/sub/x".into(), "2".into(), 6, None),
-        );
-        d.children.as_mut().unwrap().insert("sub".into(), sub);
-        root.children.as_mut().unwrap().insert("d".into(), d);
+        let mut root = Node::new_dir("/", 0, None);
+        let mut d = Node::new_dir("/d", 4, None);
+        d.children_mut()
+            .unwrap()
+            .insert("a".into(), Node::new_file("/d/a", "1", 4, None));
+        d.children_mut()
+            .unwrap()
+            .insert("_h".into(), Node::new_file("/d/_h", "h", 5, None));
+        let mut sub = Node::new_dir("/d/sub", 6, Some(10_000_000_000));
+        sub.children_mut()
+            .unwrap()
+            .insert("x".into(), Node::new_file("/d/sub/x", "2", 6, None));
+        d.children_mut().unwrap().insert("sub".into(), sub);
+        root.children_mut().unwrap().insert("d".into(), d);
         root
     }
 
     #[test]
     fn ttl_rounding_matches_etcd() {
-        let n = Node::new_file("/a".into(), "".into(), 1, Some(10 * NANOS_PER_SEC));
+        let n = Node::new_file("/a", "", 1, Some(10 * NANOS_PER_SEC));
         assert_eq!(n.expiration_and_ttl(0).1, 10);
         assert_eq!(n.expiration_and_ttl(1).1, 10); // 9.999999999s -> 10
         assert_eq!(n.expiration_and_ttl(NANOS_PER_SEC - 1).1, 10);
@@ -336,15 +354,15 @@ mod tests {
         assert_eq!(n.expiration_and_ttl(10 * NANOS_PER_SEC).1, 0);
         assert_eq!(n.expiration_and_ttl(10 * NANOS_PER_SEC + 500_000_000).1, 0); // -0.5s truncates
         assert_eq!(n.expiration_and_ttl(11 * NANOS_PER_SEC + 500_000_000).1, -1);
-        let p = Node::new_file("/p".into(), "".into(), 1, None);
+        let p = Node::new_file("/p", "", 1, None);
         assert_eq!(p.expiration_and_ttl(5), (None, 0));
     }
 
     #[test]
     fn lookup_errors() {
         let root = sample();
-        assert_eq!(root.lookup("/d/a").unwrap().value, "1");
-        assert_eq!(root.lookup("/").unwrap().path, "/");
+        assert_eq!(&*root.lookup("/d/a").unwrap().value, "1");
+        assert_eq!(&*root.lookup("/").unwrap().path, "/");
         assert_eq!(
             root.lookup("/nope").unwrap_err(),
             LookupError::NotFound("/nope".into())
@@ -378,7 +396,7 @@ mod tests {
 
     #[test]
     fn compare_causes() {
-        let n = Node::new_file("/foo".into(), "baz".into(), 6, None);
+        let n = Node::new_file("/foo", "baz", 6, None);
         assert_eq!(n.compare("", 0), CompareResult::Match);
         let w = n.compare("x", 1);
         assert_eq!(n.compare_fail_cause(w, "x", 1), "[x != baz] [1 != 6]");
@@ -406,7 +424,7 @@ mod tests {
         let back: Tree = serde_json::from_str(&j).unwrap();
         assert_eq!(back, t);
         // 300 levels deep must survive serde_json's recursion limit
-        let mut root = Node::new_dir("/".into(), 0, None);
+        let mut root = Node::new_dir("/", 0, None);
         let mut p = String::new();
         for i in 0..300 {
             let parent = if p.is_empty() {
@@ -417,10 +435,12 @@ mod tests {
             p = path::join(&parent, &format!("l{i}"));
             root.lookup_mut(&parent)
                 .unwrap()
-                .children
-                .as_mut()
+                .children_mut()
                 .unwrap()
-                .insert(format!("l{i}"), Node::new_dir(p.clone(), i + 1, None));
+                .insert(
+                    format!("l{i}").into(),
+                    Node::new_dir(p.clone(), i + 1, None),
+                );
         }
         let t = Tree(root);
         let back: Tree = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::error::V2Error;
 use super::event::{Action, Event};
 use super::history::EventHistory;
-use super::node::{CompareResult, LookupError, Node, Tree};
+use super::node::{CompareResult, LookupError, Node, Text, Tree};
 use super::path;
 use super::request::{KeyRequest, Method};
 use super::stats::StoreStats;
@@ -327,14 +327,13 @@ impl Store {
         for name in path::components(dir_path) {
             let parent_path = curr.path.clone();
             let children = curr
-                .children
-                .as_mut()
+                .children_mut()
                 .expect("walk only descends into directories");
             let child = children
-                .entry(name.to_string())
+                .entry(Text::from(name))
                 .or_insert_with(|| Node::new_dir(path::join(&parent_path, name), new_index, None));
             if !child.is_dir() {
-                return Err(V2Error::not_dir(child.path.clone(), ci));
+                return Err(V2Error::not_dir(child.path.to_string(), ci));
             }
             curr = child;
         }
@@ -391,9 +390,9 @@ impl Store {
             }
         }
         let node = if dir {
-            Node::new_dir(node_path.clone(), next, expire)
+            Node::new_dir(node_path.as_str(), next, expire)
         } else {
-            Node::new_file(node_path.clone(), value.to_string(), next, expire)
+            Node::new_file(node_path.as_str(), value, next, expire)
         };
         if let Some(ext) = e.node.as_mut() {
             if dir {
@@ -407,10 +406,9 @@ impl Store {
         }
         self.set_ttl(&node_path, None, expire);
         self.node_mut(dir_name)
-            .children
-            .as_mut()
+            .children_mut()
             .expect("parent is a directory")
-            .insert(name.to_string(), node);
+            .insert(Text::from(name), node);
         self.current_index = next;
         Ok(e)
     }
@@ -432,11 +430,12 @@ impl Store {
                 return Err(e);
             }
         };
-        let value = match (&prev, refresh) {
-            (Some((old, _)), true) => old.clone(),
-            _ => value.to_string(),
+        let refreshed = match (&prev, refresh) {
+            (Some((old, _)), true) => Some(old.clone()),
+            _ => None,
         };
-        match self.internal_create(p, dir, &value, false, true, expire, Action::Set, now) {
+        let value = refreshed.as_deref().unwrap_or(value);
+        match self.internal_create(p, dir, value, false, true, expire, Action::Set, now) {
             Ok(mut e) => {
                 e.etcd_index = self.current_index;
                 e.prev_node = prev.map(|(_, ext)| ext);
@@ -507,11 +506,7 @@ impl Store {
             return Err(V2Error::not_file(p, ci));
         }
         let next = ci + 1;
-        let new_value = if refresh {
-            old_value
-        } else {
-            new_value.to_string()
-        };
+        let new_value: Text = if refresh { old_value } else { new_value.into() };
         let mut e = Event::new(Action::Update, p, next, created);
         e.etcd_index = next;
         e.prev_node = Some(prev);
@@ -529,7 +524,7 @@ impl Store {
             if is_dir {
                 ext.dir = true;
             } else {
-                ext.value = Some(new_value);
+                ext.value = Some(new_value.to_string());
             }
             ext.expiration = exp;
             ext.ttl = ttl;
@@ -579,11 +574,7 @@ impl Store {
                 return Err(e);
             }
         };
-        let value = if refresh {
-            old_value
-        } else {
-            value.to_string()
-        };
+        let value: Text = if refresh { old_value } else { value.into() };
         let next = ci + 1;
         self.current_index = next;
         let mut e = Event::new(Action::CompareAndSwap, p, next, created);
@@ -597,7 +588,7 @@ impl Store {
         let (exp, ttl) = n.expiration_and_ttl(now);
         self.set_ttl(p, old_expire, expire);
         if let Some(ext) = e.node.as_mut() {
-            ext.value = Some(value);
+            ext.value = Some(value.to_string());
             ext.expiration = exp;
             ext.ttl = ttl;
         }
@@ -614,13 +605,13 @@ impl Store {
         }
         let dir = dir || recursive;
         let checked = match self.lookup(p) {
-            Ok(n) if n.is_dir() && !dir => Err(V2Error::not_file(n.path.clone(), ci)),
+            Ok(n) if n.is_dir() && !dir => Err(V2Error::not_file(n.path.to_string(), ci)),
             Ok(n)
                 if n.is_dir()
                     && !recursive
                     && n.children.as_ref().is_some_and(|c| !c.is_empty()) =>
             {
-                Err(V2Error::dir_not_empty(n.path.clone(), ci))
+                Err(V2Error::dir_not_empty(n.path.to_string(), ci))
             }
             Ok(n) => Ok((n.is_dir(), n.created_index, n.repr(false, now))),
             Err(e) => Err(e),
