@@ -322,11 +322,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Copy the state under the lock, so the snapshot matches `last_applied` exactly
         // (nothing is applied meanwhile: openraft awaits this before it applies more).
-        // Directories are shared copy-on-write (`v2::node::Children`), so the copy is a
-        // pointer to the root plus the event history: about a millisecond, where encoding
-        // here held the lock 58-186 ms for 29-97 MB. openraft encodes the copy in
-        // `build_snapshot`, while applying goes on; the first write into a directory then
-        // copies that directory once. On the blocking pool all the same.
+        // Directories are persistent maps (`v2::node::Children`), so the copy is a pointer to
+        // the root plus the event history and expiry queue: about a millisecond, where
+        // encoding here held the lock 58-186 ms for 29-97 MB. openraft encodes the copy in
+        // `build_snapshot` while applying goes on; a write meanwhile copies only the few
+        // B-tree nodes it changes. On the blocking pool all the same.
         let shared = self.shared.clone();
         let started = std::time::Instant::now();
         let state = tokio::task::spawn_blocking(move || shared.lock().snapshot_copy())

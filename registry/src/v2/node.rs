@@ -1,7 +1,6 @@
 //! The in-memory key tree. Paths are the client-visible ones ("/" is the
 //! root, which clients see with an empty key, as etcd shows its "/1" root).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -22,11 +21,12 @@ pub(crate) enum CompareResult {
 /// references instead of copying its path, name and value.
 pub(crate) type Text = Arc<str>;
 
-/// A directory's children, shared between the live tree and snapshot copies until one of
-/// them changes (copy on write, see [`Node::children_mut`]): copying the whole tree for a
-/// snapshot copies one pointer, and a write afterwards copies only the directories it
-/// changes on its way down, each once per snapshot.
-pub(crate) type Children = Arc<BTreeMap<Text, Node>>;
+/// A directory's children: a persistent B-tree (`imbl::OrdMap`), in key order like a
+/// `BTreeMap`, whose clone shares every node with the original until one side changes, and
+/// then copies only the tree nodes on the path to the change. A snapshot copies the whole
+/// key tree by copying the root's pointer, and a write while the snapshot is encoded copies
+/// a few B-tree nodes (never a whole directory, whatever its size).
+pub(crate) type Children = imbl::OrdMap<Text, Node>;
 
 /// A file (children None) or directory (children Some).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,10 +83,9 @@ impl Node {
         self.children.is_some()
     }
 
-    /// A directory's children, to change; first copied (one level) if a snapshot copy still
-    /// shares them. None for a file.
-    pub fn children_mut(&mut self) -> Option<&mut BTreeMap<Text, Node>> {
-        self.children.as_mut().map(Arc::make_mut)
+    /// A directory's children, to change. None for a file.
+    pub fn children_mut(&mut self) -> Option<&mut Children> {
+        self.children.as_mut()
     }
 
     /// Hidden nodes have a last path component starting with '_'.
