@@ -1,7 +1,6 @@
 //! The deterministic v2 key store: applies replicated commands, answers
 //! reads and registers watchers, with etcd 3.4's semantics.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +40,11 @@ enum Op {
     CompareAndDelete,
 }
 
+/// (expiration, path) of every node with a TTL, earliest first. A persistent set, like the
+/// tree's directories, so a snapshot copies it in constant time; it encodes exactly as the
+/// `BTreeSet<(i64, String)>` it replaced (a sequence of pairs).
+type TtlQueue = imbl::OrdSet<(i64, Text)>;
+
 /// The v2 store. Serializable for snapshots (tree, index, event history,
 /// expiration queue, statistics); watchers are not part of snapshots.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -49,7 +53,7 @@ pub struct Store {
     current_index: u64,
     history: EventHistory,
     /// (expiration, path) of every node with a TTL, earliest first.
-    ttl_keys: BTreeSet<(i64, String)>,
+    ttl_keys: TtlQueue,
     stats: StoreStats,
     #[serde(skip)]
     hub: WatcherHub,
@@ -234,7 +238,7 @@ impl Store {
 
     /// Earliest expiration (unix ns) of any key, if some key has a TTL.
     pub fn next_expiration(&self) -> Option<i64> {
-        self.ttl_keys.first().map(|(t, _)| *t)
+        self.ttl_keys.get_min().map(|(t, _)| *t)
     }
 
     /// True if some key has a TTL (etcd's HasTTLKeys).
@@ -294,10 +298,10 @@ impl Store {
 
     fn set_ttl(&mut self, p: &str, old: Option<i64>, new: Option<i64>) {
         if let Some(o) = old {
-            self.ttl_keys.remove(&(o, p.to_string()));
+            self.ttl_keys.remove(&(o, Text::from(p)));
         }
         if let Some(n) = new {
-            self.ttl_keys.insert((n, p.to_string()));
+            self.ttl_keys.insert((n, Text::from(p)));
         }
     }
 
@@ -312,7 +316,7 @@ impl Store {
         let delivered = (self.hub.count() > 0).then(|| Arc::new(Delivered::new(e.clone())));
         for (rp, exp) in removed {
             if let Some(exp) = exp {
-                self.ttl_keys.remove(&(exp, rp.clone()));
+                self.ttl_keys.remove(&(exp, Text::from(rp.as_str())));
             }
             if let Some(d) = &delivered {
                 self.hub.notify_watchers(d, &rp, true);
@@ -681,7 +685,7 @@ impl Store {
     /// expiration is <= `now`, one index and one event per removed node.
     fn delete_expired_keys(&mut self, now: i64) -> Vec<Event> {
         let mut events = Vec::new();
-        while let Some((exp, p)) = self.ttl_keys.first().cloned() {
+        while let Some((exp, p)) = self.ttl_keys.get_min().cloned() {
             if exp > now {
                 break;
             }
@@ -716,6 +720,32 @@ mod tests {
     use crate::v2::request::parse_key_request;
     use crate::v2::timefmt::format_rfc3339_nano;
     use tokio::sync::mpsc::error::TryRecvError;
+
+    /// Snapshots written before the queue became a persistent set still decode, and new ones
+    /// are byte for byte what the old type wrote (binary and JSON).
+    #[test]
+    fn the_expiry_queue_encodes_as_the_set_it_replaced() {
+        use crate::raft::codec;
+        let old: std::collections::BTreeSet<(i64, String)> = [
+            (7, "/b/c".to_string()),
+            (5, "/a".to_string()),
+            (5, "/z".to_string()),
+        ]
+        .into();
+        let new: TtlQueue = old
+            .iter()
+            .map(|(t, p)| (*t, Text::from(p.as_str())))
+            .collect();
+        assert_eq!(codec::encode(&new), codec::encode(&old));
+        assert_eq!(
+            codec::decode::<TtlQueue>(&codec::encode(&old)).unwrap(),
+            new
+        );
+        let json = serde_json::to_vec(&old).unwrap();
+        assert_eq!(serde_json::to_vec(&new).unwrap(), json);
+        assert_eq!(codec::decode::<TtlQueue>(&json).unwrap(), new);
+        assert_eq!(new.get_min(), Some(&(5, Text::from("/a"))));
+    }
 
     /// 2026-11-18T..., an arbitrary "leader clock".
     const T0: i64 = 1_795_000_000_000_000_000;
