@@ -539,9 +539,8 @@ impl RawWatcher {
             bail!("connection closed after {} bytes", self.buf.len());
         }
         self.buf.extend_from_slice(&chunk[..n]);
-        if stamp.is_some() {
-            self.arrived_ns = stamp;
-        }
+        // The last read's stamp only: an earlier one (the head's) would pass for the body's.
+        self.arrived_ns = stamp;
         Ok(())
     }
 

@@ -83,11 +83,6 @@ impl Node {
         self.children.is_some()
     }
 
-    /// A directory's children, to change. None for a file.
-    pub fn children_mut(&mut self) -> Option<&mut Children> {
-        self.children.as_mut()
-    }
-
     /// Hidden nodes have a last path component starting with '_'.
     pub fn is_hidden(&self) -> bool {
         path::base_name(&self.path).starts_with('_')
@@ -210,7 +205,7 @@ impl Node {
     pub fn lookup_mut(&mut self, p: &str) -> Option<&mut Node> {
         let mut curr = self;
         for name in path::components(p) {
-            curr = curr.children_mut()?.get_mut(name)?;
+            curr = curr.children.as_mut()?.get_mut(name)?;
         }
         Some(curr)
     }
@@ -218,7 +213,7 @@ impl Node {
     /// Detaches the node at `p` (not the root) and returns it.
     pub fn remove_at(&mut self, p: &str) -> Option<Node> {
         let (parent, name) = path::split_last(p);
-        self.lookup_mut(parent)?.children_mut()?.remove(name)
+        self.lookup_mut(parent)?.children.as_mut()?.remove(name)
     }
 
     /// Post-order list of (path, expire_time) of this node and everything
@@ -313,7 +308,7 @@ impl<'de> Deserialize<'de> for Tree {
             let (parent, name) = path::split_last(&f.path);
             let parent = tree
                 .lookup_mut(parent)
-                .and_then(|p| p.children_mut())
+                .and_then(|p| p.children.as_mut())
                 .ok_or_else(|| D::Error::custom(format!("orphan node {}", f.path)))?;
             parent.insert(name.into(), node);
         }
@@ -328,18 +323,21 @@ mod tests {
     fn sample() -> Node {
         let mut root = Node::new_dir("/", 0, None);
         let mut d = Node::new_dir("/d", 4, None);
-        d.children_mut()
+        d.children
+            .as_mut()
             .unwrap()
             .insert("a".into(), Node::new_file("/d/a", "1", 4, None));
-        d.children_mut()
+        d.children
+            .as_mut()
             .unwrap()
             .insert("_h".into(), Node::new_file("/d/_h", "h", 5, None));
         let mut sub = Node::new_dir("/d/sub", 6, Some(10_000_000_000));
-        sub.children_mut()
+        sub.children
+            .as_mut()
             .unwrap()
             .insert("x".into(), Node::new_file("/d/sub/x", "2", 6, None));
-        d.children_mut().unwrap().insert("sub".into(), sub);
-        root.children_mut().unwrap().insert("d".into(), d);
+        d.children.as_mut().unwrap().insert("sub".into(), sub);
+        root.children.as_mut().unwrap().insert("d".into(), d);
         root
     }
 
@@ -434,7 +432,8 @@ mod tests {
             p = path::join(&parent, &format!("l{i}"));
             root.lookup_mut(&parent)
                 .unwrap()
-                .children_mut()
+                .children
+                .as_mut()
                 .unwrap()
                 .insert(
                     format!("l{i}").into(),

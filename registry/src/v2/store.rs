@@ -331,7 +331,8 @@ impl Store {
         for name in path::components(dir_path) {
             let parent_path = curr.path.clone();
             let children = curr
-                .children_mut()
+                .children
+                .as_mut()
                 .expect("walk only descends into directories");
             let child = children
                 .entry(Text::from(name))
@@ -410,7 +411,8 @@ impl Store {
         }
         self.set_ttl(&node_path, None, expire);
         self.node_mut(dir_name)
-            .children_mut()
+            .children
+            .as_mut()
             .expect("parent is a directory")
             .insert(Text::from(name), node);
         self.current_index = next;
