@@ -490,10 +490,11 @@ mod tests {
         assert_eq!(value_of(&taken, "/c"), None);
         assert_eq!(taken.store.index(), 2);
         // The live state went on.
-        let live = shared.lock();
-        assert_eq!(value_of(&live, "/a").as_deref(), Some("2"));
-        assert_eq!(live.store.index(), 4);
-        drop(live);
+        {
+            let live = shared.lock();
+            assert_eq!(value_of(&live, "/a").as_deref(), Some("2"));
+            assert_eq!(live.store.index(), 4);
+        }
         // A builder encodes its copy once; a second build is an error, not an empty snapshot.
         assert!(builder.build_snapshot().await.is_err());
 
