@@ -11,6 +11,12 @@
 //! thread, and the leader acknowledges a client only after that (see [`super::durable`]).
 //! The vote, truncation and purge are always written with sync.
 //!
+//! The committed log id is a hint for a restart (how far to re-apply before a leader says
+//! more), so it costs no write of its own: [`LogStore::save_committed`] keeps it in memory
+//! and the next write to the log (an append, the vote, a truncation or purge) carries it in
+//! the same batch. A restart may therefore find it one write behind, and a member then
+//! applies less until the leader repeats the commit index, never more.
+//!
 //! The store is used only from the consensus thread ([`super::thread`]), which is built to
 //! block in these calls; clients are served elsewhere. Batching many client writes into one
 //! entry is the leader's write batcher's job (`node.rs`).
@@ -23,7 +29,6 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{StorageIOError, Vote};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::durable::Durability;
 use super::{LogId, NodeId, StorageError, TypeConfig};
@@ -46,6 +51,8 @@ pub struct LogStore {
     /// The vote last saved or read: whom this member follows or whether it leads.
     vote: Option<Vote<NodeId>>,
     durable: Arc<Durability>,
+    /// The committed log id openraft last saved, not yet written: the next batch takes it.
+    committed: Option<Option<LogId>>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -73,6 +80,7 @@ impl LogStore {
             db,
             id,
             vote: None,
+            committed: None,
         };
         let last = store.last_entry_id()?.map(|l| l.index).unwrap_or(0);
         store.durable.synced(last);
@@ -102,8 +110,9 @@ impl LogStore {
 
     /// Deletes `[from, to)` from the log, and records `purged` as the last purged id, in one
     /// synced write.
-    fn delete(&self, from: u64, to: u64, purged: Option<LogId>) -> Result<(), StorageError> {
+    fn delete(&mut self, from: u64, to: u64, purged: Option<LogId>) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
+        self.take_committed(&mut batch);
         if let Some(p) = purged {
             batch.put_cf(self.cf(CF_META), KEY_PURGED, codec::encode(&p));
         }
@@ -111,6 +120,13 @@ impl LogStore {
         self.db
             .write_opt(batch, &sync_writes())
             .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    /// Adds the committed id waiting to be written, if any, to `batch`.
+    fn take_committed(&mut self, batch: &mut WriteBatch) {
+        if let Some(committed) = self.committed.take() {
+            batch.put_cf(self.cf(CF_META), KEY_COMMITTED, codec::encode(&committed));
+        }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -124,17 +140,6 @@ impl LogStore {
                 .map(Some)
                 .map_err(|e| StorageIOError::read_logs(&e).into()),
         }
-    }
-
-    fn put_meta<T: Serialize>(
-        &self,
-        key: &[u8],
-        value: &T,
-        opts: &WriteOptions,
-    ) -> Result<(), StorageError> {
-        self.db
-            .put_cf_opt(self.cf(CF_META), key, codec::encode(value), opts)
-            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -194,7 +199,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.put_meta(KEY_VOTE, vote, &sync_writes())?;
+        let mut batch = WriteBatch::default();
+        self.take_committed(&mut batch);
+        batch.put_cf(self.cf(CF_META), KEY_VOTE, codec::encode(vote));
+        self.db
+            .write_opt(batch, &sync_writes())
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         self.vote = Some(*vote);
         Ok(())
     }
@@ -205,13 +215,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Written to the WAL but not fsync'ed: it survives a killed process, and after a power
-        // loss a committed id that lags is re-learned from the leader (the member applies
-        // less until then, never more).
-        self.put_meta(KEY_COMMITTED, &committed, &WriteOptions::default())
+        // Kept for the next write (see the module doc): a write of its own here cost a system
+        // call on every commit, on the leader right before it applies.
+        self.committed = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        if let Some(committed) = self.committed {
+            return Ok(committed);
+        }
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
@@ -224,8 +237,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let cf = self.cf(CF_LOGS);
         let mut batch = WriteBatch::default();
+        self.take_committed(&mut batch);
+        let cf = self.cf(CF_LOGS);
         let mut last = 0;
         let mut own = true;
         for entry in entries {
@@ -283,6 +297,35 @@ mod tests {
             let (sm, _shared) = StateMachine::open(&db, &dir.path().join("snap"))?;
             Ok((dir, LogStore::open(db, 0)?, sm))
         }
+    }
+
+    /// The committed id costs no write of its own: it is on disk once the next batch (here the
+    /// vote) is, and a restart before that finds the older id, never a newer one.
+    #[tokio::test]
+    async fn the_committed_id_rides_on_the_next_write() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = crate::node::open_db(&dir.path().join("db")).expect("open RocksDB");
+        let mut store = LogStore::open(db.clone(), 1).expect("open the log");
+        let id = |index| LogId::new(openraft::CommittedLeaderId::new(2, 1), index);
+        store.save_committed(Some(id(4))).await.unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), Some(id(4)));
+        let mut reopened = LogStore::open(db.clone(), 1).expect("reopen");
+        assert_eq!(
+            reopened.read_committed().await.unwrap(),
+            None,
+            "not written yet: a restart now re-learns it from the leader"
+        );
+        store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        store.save_committed(Some(id(5))).await.unwrap();
+        let mut reopened = LogStore::open(db.clone(), 1).expect("reopen");
+        assert_eq!(reopened.read_committed().await.unwrap(), Some(id(4)));
+        assert_eq!(
+            reopened.read_vote().await.unwrap(),
+            Some(Vote::new_committed(2, 1))
+        );
+        store.purge(id(0)).await.unwrap();
+        let mut reopened = LogStore::open(db, 1).expect("reopen");
+        assert_eq!(reopened.read_committed().await.unwrap(), Some(id(5)));
     }
 
     /// Only entries of a term this member leads, by a vote a quorum granted, skip the inline

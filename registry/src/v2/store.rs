@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::error::V2Error;
 use super::event::{Action, Event};
 use super::history::EventHistory;
-use super::node::{CompareResult, LookupError, Node, Text, Tree};
+use super::node::{CompareResult, LookupError, Name, Node, Text, Tree};
 use super::path;
 use super::request::{KeyRequest, Method};
 use super::stats::StoreStats;
@@ -44,6 +44,15 @@ enum Op {
 /// tree's directories, so a snapshot copies it in constant time; it encodes exactly as the
 /// `BTreeSet<(i64, String)>` it replaced (a sequence of pairs).
 type TtlQueue = imbl::OrdSet<(i64, Text)>;
+
+/// What a caller of `internal_create` already knows is at the path.
+#[derive(Clone, Copy)]
+enum Known {
+    /// Look it up.
+    Unknown,
+    /// Nothing: the caller's lookup found no such key.
+    Absent,
+}
 
 /// The v2 store. Serializable for snapshots (tree, index, event history,
 /// expiration queue, statistics); watchers are not part of snapshots.
@@ -324,10 +333,15 @@ impl Store {
         }
     }
 
-    /// Creates missing directories along `dir_path` (etcd's checkDir walk).
-    fn ensure_dirs(&mut self, dir_path: &str, new_index: u64) -> Result<(), V2Error> {
-        let ci = self.current_index;
-        let mut curr = &mut self.tree.0;
+    /// Creates missing directories along `dir_path` (etcd's checkDir walk) under `root`, and
+    /// returns the last one.
+    fn ensure_dirs<'a>(
+        root: &'a mut Node,
+        dir_path: &str,
+        new_index: u64,
+        current_index: u64,
+    ) -> Result<&'a mut Node, V2Error> {
+        let mut curr = root;
         for name in path::components(dir_path) {
             let parent_path = curr.path.clone();
             let children = curr
@@ -335,17 +349,18 @@ impl Store {
                 .as_mut()
                 .expect("walk only descends into directories");
             let child = children
-                .entry(Text::from(name))
+                .entry(Name::from(name))
                 .or_insert_with(|| Node::new_dir(path::join(&parent_path, name), new_index, None));
             if !child.is_dir() {
-                return Err(V2Error::not_dir(child.path.to_string(), ci));
+                return Err(V2Error::not_dir(child.path.to_string(), current_index));
             }
             curr = child;
         }
-        Ok(())
+        Ok(curr)
     }
 
-    /// etcd's internalCreate.
+    /// etcd's internalCreate. `known` is what the caller already found at the path, so a
+    /// large directory is searched once less.
     #[allow(clippy::too_many_arguments)]
     fn internal_create(
         &mut self,
@@ -357,6 +372,7 @@ impl Store {
         expire: Option<i64>,
         action: Action,
         now: i64,
+        known: Known,
     ) -> Result<Event, V2Error> {
         let ci = self.current_index;
         let next = ci + 1;
@@ -370,29 +386,31 @@ impl Store {
         }
         let expire = expire.filter(|&t| t >= MIN_EXPIRE_TIME);
         let (dir_name, name) = path::split_last(&node_path);
-        if let Err(err) = self.ensure_dirs(dir_name, next) {
-            // etcd counts a failed set here, whatever the operation.
-            self.stats.set_fail += 1;
-            return Err(err);
-        }
+        let parent = match Self::ensure_dirs(&mut self.tree.0, dir_name, next, ci) {
+            Ok(parent) => parent,
+            Err(err) => {
+                // etcd counts a failed set here, whatever the operation.
+                self.stats.set_fail += 1;
+                return Err(err);
+            }
+        };
+        let children = parent
+            .children
+            .as_mut()
+            .expect("ensure_dirs returns a directory");
         let mut e = Event::new(action, &node_path, next, next);
-        let existing = self
-            .tree
-            .0
-            .lookup(&node_path)
-            .ok()
-            .map(|n| (n.is_dir(), n.repr(false, now)));
-        if let Some((is_dir, prev)) = existing {
+        let existing = match known {
+            Known::Absent => None,
+            Known::Unknown => children.get(name),
+        };
+        if let Some(existing) = existing {
             if !replace {
                 return Err(V2Error::node_exist(node_path, ci));
             }
-            if is_dir {
+            if existing.is_dir() {
                 return Err(V2Error::not_file(node_path, ci));
             }
-            e.prev_node = Some(prev);
-            if let Some(old) = self.tree.0.remove_at(&node_path) {
-                self.set_ttl(&node_path, old.expire_time, None);
-            }
+            e.prev_node = Some(existing.repr(false, now));
         }
         let node = if dir {
             Node::new_dir(node_path.as_str(), next, expire)
@@ -409,12 +427,9 @@ impl Store {
             ext.expiration = exp;
             ext.ttl = ttl;
         }
-        self.set_ttl(&node_path, None, expire);
-        self.node_mut(dir_name)
-            .children
-            .as_mut()
-            .expect("parent is a directory")
-            .insert(Text::from(name), node);
+        // Replaces a file found above (the checks ruled out anything else).
+        let old = children.insert(Name::from(name), node);
+        self.set_ttl(&node_path, old.and_then(|o| o.expire_time), expire);
         self.current_index = next;
         Ok(e)
     }
@@ -441,7 +456,12 @@ impl Store {
             _ => None,
         };
         let value = refreshed.as_deref().unwrap_or(value);
-        match self.internal_create(p, dir, value, false, true, expire, Action::Set, now) {
+        let known = if prev.is_some() {
+            Known::Unknown
+        } else {
+            Known::Absent
+        };
+        match self.internal_create(p, dir, value, false, true, expire, Action::Set, now, known) {
             Ok(mut e) => {
                 e.etcd_index = self.current_index;
                 e.prev_node = prev.map(|(_, ext)| ext);
@@ -466,7 +486,8 @@ impl Store {
         expire: Option<i64>,
         now: i64,
     ) -> Result<Event, V2Error> {
-        match self.internal_create(p, dir, value, unique, false, expire, Action::Create, now) {
+        let known = Known::Unknown;
+        match self.internal_create(p, dir, value, unique, false, expire, Action::Create, now, known) {
             Ok(mut e) => {
                 e.etcd_index = self.current_index;
                 self.bump(Op::Create, true);
