@@ -52,6 +52,8 @@ enum Known {
     Unknown,
     /// Nothing: the caller's lookup found no such key.
     Absent,
+    /// A file, which the caller may replace (it reports the previous node itself).
+    File,
 }
 
 /// The v2 store. Serializable for snapshots (tree, index, event history,
@@ -400,7 +402,7 @@ impl Store {
             .expect("ensure_dirs returns a directory");
         let mut e = Event::new(action, &node_path, next, next);
         let existing = match known {
-            Known::Absent => None,
+            Known::Absent | Known::File => None,
             Known::Unknown => children.get(name),
         };
         if let Some(existing) = existing {
@@ -444,7 +446,7 @@ impl Store {
         now: i64,
     ) -> Result<Event, V2Error> {
         let prev = match self.lookup(p) {
-            Ok(n) => Some((n.value.clone(), n.repr(false, now))),
+            Ok(n) => Some((n.value.clone(), n.repr(false, now), n.is_dir())),
             Err(e) if e.code == super::error::ECODE_KEY_NOT_FOUND && !refresh => None,
             Err(e) => {
                 self.bump(Op::Set, false);
@@ -452,19 +454,19 @@ impl Store {
             }
         };
         let refreshed = match (&prev, refresh) {
-            (Some((old, _)), true) => Some(old.clone()),
+            (Some((old, _, _)), true) => Some(old.clone()),
             _ => None,
         };
         let value = refreshed.as_deref().unwrap_or(value);
-        let known = if prev.is_some() {
-            Known::Unknown
-        } else {
-            Known::Absent
+        let known = match &prev {
+            None => Known::Absent,
+            Some((_, _, false)) => Known::File,
+            Some((_, _, true)) => Known::Unknown,
         };
         match self.internal_create(p, dir, value, false, true, expire, Action::Set, now, known) {
             Ok(mut e) => {
                 e.etcd_index = self.current_index;
-                e.prev_node = prev.map(|(_, ext)| ext);
+                e.prev_node = prev.map(|(_, ext, _)| ext);
                 e.refresh = refresh;
                 self.bump(Op::Set, true);
                 self.publish(&e);
