@@ -489,7 +489,17 @@ impl Store {
         now: i64,
     ) -> Result<Event, V2Error> {
         let known = Known::Unknown;
-        match self.internal_create(p, dir, value, unique, false, expire, Action::Create, now, known) {
+        match self.internal_create(
+            p,
+            dir,
+            value,
+            unique,
+            false,
+            expire,
+            Action::Create,
+            now,
+            known,
+        ) {
             Ok(mut e) => {
                 e.etcd_index = self.current_index;
                 self.bump(Op::Create, true);
