@@ -756,11 +756,20 @@ impl Node {
                     // A follower's quorum read runs here on the consensus thread (the
                     // peer listener's), which must not wait for the state lock.
                     let key = key.clone();
-                    let result = self
+                    let (result, key) = self
                         .shared
-                        .with_state_off_thread(move |state| read(state, &key))
+                        .with_state_off_thread(move |state| (read(state, &key), key))
                         .await;
-                    LeaderReply::Done(render_read(result))
+                    // A directory's listing can be large: built off this thread too.
+                    let applied = match result {
+                        Ok(view) if view.is_dir() => {
+                            tokio::task::spawn_blocking(move || render_read(Ok(view), &key))
+                                .await
+                                .unwrap_or_else(|e| raft_internal(&e.to_string()))
+                        }
+                        other => render_read(other, &key),
+                    };
+                    LeaderReply::Done(applied)
                 }
                 Err(ReadIndexError::NotLeader) => LeaderReply::NotLeader,
                 Err(ReadIndexError::Other(e)) => LeaderReply::Done(raft_internal(&e)),
@@ -812,7 +821,7 @@ impl Node {
     pub fn local_get(&self, req: &KeyRequest) -> Applied {
         // The lock is released before the answer is rendered.
         let result = read(&mut self.shared.lock(), req);
-        render_read(result)
+        render_read(result, req)
     }
 
     async fn member_add(&self, peer_urls: &[String]) -> LeaderReply {
@@ -1140,19 +1149,19 @@ fn member_error(status: u16, message: &str) -> Applied {
     }
 }
 
-/// Reads `req` from the state, counting the GET in the stats (under the state lock).
-fn read(state: &mut AppState, req: &KeyRequest) -> Result<v2::Event, v2::V2Error> {
-    let result = state
-        .store
-        .get(&req.path, req.recursive, req.sorted, now_ns());
+/// Reads `req` from the state, counting the GET in the stats (under the state lock). The view
+/// shares the node's subtree with the state: the answer is built from it after the lock is
+/// released, so a recursive listing of a large directory does not hold up applying.
+fn read(state: &mut AppState, req: &KeyRequest) -> Result<v2::ReadView, v2::V2Error> {
+    let result = state.store.read_view(&req.path);
     state.store.count_get(result.is_ok());
     result
 }
 
 /// etcd's answer to a read (outside the state lock).
-fn render_read(result: Result<v2::Event, v2::V2Error>) -> Applied {
+fn render_read(result: Result<v2::ReadView, v2::V2Error>, req: &KeyRequest) -> Applied {
     match result {
-        Ok(event) => crate::http::render_event(&event, false),
+        Ok(view) => crate::http::render_event(&view.into_event(req.recursive, now_ns()), false),
         Err(err) => crate::http::render_error(&err),
     }
 }

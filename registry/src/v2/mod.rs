@@ -21,5 +21,5 @@ pub use error::V2Error;
 pub use event::{Action, Event, NodeExtern};
 pub use request::{parse_key_request, KeyRequest, Method};
 pub use stats::StoreStats;
-pub use store::{Command, Store};
+pub use store::{Command, ReadView, Store};
 pub use watch::{Delivered, Watch, WatchEvent};

@@ -45,6 +45,36 @@ enum Op {
 /// `BTreeSet<(i64, String)>` it replaced (a sequence of pairs).
 type TtlQueue = imbl::OrdSet<(i64, Text)>;
 
+/// A node as a read found it, with the store's index at that moment ([`Store::read_view`]).
+pub struct ReadView {
+    path: String,
+    node: Node,
+    etcd_index: u64,
+}
+
+impl ReadView {
+    /// Whether the node read is a directory (its answer lists its children).
+    pub fn is_dir(&self) -> bool {
+        self.node.is_dir()
+    }
+
+    /// etcd's answer to the read; `recursive` lists every level below a directory.
+    pub fn into_event(self, recursive: bool, now: i64) -> Event {
+        let n = &self.node;
+        let mut e = Event::new(
+            Action::Get,
+            visible_key(&self.path),
+            n.modified_index,
+            n.created_index,
+        );
+        e.etcd_index = self.etcd_index;
+        if let Some(ext) = e.node.as_mut() {
+            n.load_into(ext, recursive, now);
+        }
+        e
+    }
+}
+
 /// What a caller of `internal_create` already knows is at the path.
 #[derive(Clone, Copy)]
 enum Known {
@@ -177,19 +207,20 @@ impl Store {
         _sorted: bool,
         now: i64,
     ) -> Result<Event, V2Error> {
+        Ok(self.read_view(path)?.into_event(recursive, now))
+    }
+
+    /// What a read of `path` answers, taken in O(1): the node is a copy that shares its
+    /// subtree with the store, so a caller can take it under the state lock and build the
+    /// answer (every node of a recursive listing) after releasing the lock.
+    pub fn read_view(&self, path: &str) -> Result<ReadView, V2Error> {
         let p = path::clean(path);
-        let n = self.lookup(&p)?;
-        let mut e = Event::new(
-            Action::Get,
-            visible_key(&p),
-            n.modified_index,
-            n.created_index,
-        );
-        e.etcd_index = self.current_index;
-        if let Some(ext) = e.node.as_mut() {
-            n.load_into(ext, recursive, now);
-        }
-        Ok(e)
+        let node = self.lookup(&p)?.clone();
+        Ok(ReadView {
+            path: p,
+            node,
+            etcd_index: self.current_index,
+        })
     }
 
     /// Counts a served read (getsSuccess / getsFail).
@@ -813,6 +844,47 @@ mod tests {
     }
     fn expire(s: &mut Store, now: i64) -> Vec<Event> {
         s.apply(&Command::Expire { now }).unwrap()
+    }
+
+    /// A read view is taken under the state lock and answered after it is released: it must
+    /// answer as of when it was taken, whatever is written meanwhile.
+    #[test]
+    fn a_read_view_answers_as_of_when_it_was_taken() {
+        let mut s = Store::new();
+        run(&mut s, "PUT", "/d/a", "value=1").unwrap();
+        run(&mut s, "PUT", "/d/e/f", "value=2").unwrap();
+        let view = s.read_view("/d").unwrap();
+        assert!(view.is_dir());
+        let before = js(&s.get("/d", true, false, T0).unwrap());
+        run(&mut s, "PUT", "/d/a", "value=changed").unwrap();
+        run(&mut s, "PUT", "/d/b", "value=3").unwrap();
+        run(&mut s, "DELETE", "/d/e/f", "").unwrap();
+        let e = view.into_event(true, T0);
+        assert_eq!(e.etcd_index, 2);
+        assert_eq!(js(&e), before);
+        let keys: Vec<&str> = e
+            .node
+            .as_ref()
+            .unwrap()
+            .nodes
+            .iter()
+            .map(|n| n.key.as_str())
+            .collect();
+        assert_eq!(keys, ["/d/a", "/d/e"]);
+        assert_eq!(
+            e.node.as_ref().unwrap().nodes[0].value.as_deref(),
+            Some("1")
+        );
+        assert_eq!(e.node.as_ref().unwrap().nodes[1].nodes[0].key, "/d/e/f");
+        // The store itself moved on.
+        assert_eq!(
+            get(&s, "/d/a").unwrap().node.unwrap().value.as_deref(),
+            Some("changed")
+        );
+        assert_eq!(
+            s.read_view("/nope").err().map(|e| e.code),
+            Some(super::super::error::ECODE_KEY_NOT_FOUND)
+        );
     }
 
     #[test]
