@@ -443,7 +443,7 @@ def cmd_render(a):
         w("## Member logs")
         w("")
         w("Counted in each member's log after each cluster stopped (`main`: every load step; `rss`: the fill). "
-          "Peer timeouts are berth's `peer ... did not answer within 100ms` (the Raft RPC timeout) or etcd's "
+          "Peer timeouts are berth's `peer ... did not answer within 100ms` (the Raft RPC timeout; each counted once, though openraft logs it on three lines) or etcd's "
           "`timed out`/`i/o timeout`; slow are etcd's `took too long` / `slow` warnings.")
         w("")
         w("| cluster | member | warn | error | panic | peer timeouts | slow | elections |")
