@@ -916,55 +916,65 @@ impl Drop for BerthImage {
 
 #[test]
 fn bad_flags_are_refused_clearly() {
-    let run = |args: &[&str]| {
-        let o = Command::new(BERTH).args(args).output().unwrap();
+    // (arguments, exit code, what stderr must name): 2 is clap's usage error, 1 berth's own.
+    let cases: &[(&[&str], i32, &str)] = &[
         (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr).to_string(),
-        )
-    };
-    let (code, err) = run(&["registrator", "--bogus"]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("unexpected argument '--bogus'"), "{err}");
-    let (code, err) = run(&["registrator", "--deregister", "sometimes"]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("on-success"), "{err}");
-    let (code, err) = run(&["registrator", "--ttl", "10", "--ttl-refresh", "10"]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("--ttl-refresh"), "{err}");
-    let (code, err) = run(&["registrator", "--prefix", "services"]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("--prefix"), "{err}");
-    let (code, err) = run(&[
-        "announce",
-        "--key",
-        "/a",
-        "--value",
-        "x",
-        "--ttl",
-        "5",
-        "--interval",
-        "10",
-    ]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("--interval"), "{err}");
-    let (code, err) = run(&["announce", "--service", "Bad_Name", "--port", "80"]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("--service \"Bad_Name\""), "{err}");
-    let (code, err) = run(&["announce", "--ttl", "5"]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("--key and --value"), "{err}");
-    let (code, err) = run(&[
-        "announce",
-        "--key",
-        "/a",
-        "--value",
-        "x",
-        "--check",
-        "ftp://h:1",
-    ]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("invalid --check"), "{err}");
+            &["registrator", "--bogus"],
+            2,
+            "unexpected argument '--bogus'",
+        ),
+        (
+            &["registrator", "--deregister", "sometimes"],
+            2,
+            "on-success",
+        ),
+        (
+            &["registrator", "--ttl", "10", "--ttl-refresh", "10"],
+            1,
+            "--ttl-refresh",
+        ),
+        (&["registrator", "--prefix", "services"], 1, "--prefix"),
+        (
+            &[
+                "announce",
+                "--key",
+                "/a",
+                "--value",
+                "x",
+                "--ttl",
+                "5",
+                "--interval",
+                "10",
+            ],
+            1,
+            "--interval",
+        ),
+        (
+            &["announce", "--service", "Bad_Name", "--port", "80"],
+            1,
+            "--service \"Bad_Name\"",
+        ),
+        (&["announce", "--ttl", "5"], 1, "--key and --value"),
+        (
+            &[
+                "announce",
+                "--key",
+                "/a",
+                "--value",
+                "x",
+                "--check",
+                "ftp://h:1",
+            ],
+            1,
+            "invalid --check",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let o = Command::new(BERTH).args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(*code), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -576,6 +576,27 @@ impl Ctx {
         Ok(())
     }
 
+    /// Waits for the next change of `key` at or after `wait_index` (the next one if `None`),
+    /// and moves `wait_index` past it, as watch and exec-watch do between events.
+    async fn next_change(
+        &self,
+        key: &str,
+        wait_index: &mut Option<u64>,
+        recursive: bool,
+    ) -> Result<Response, CtlError> {
+        let opts = WatchOptions {
+            recursive,
+            wait_index: *wait_index,
+        };
+        let resp = self
+            .client
+            .watch(key, opts)
+            .await
+            .map_err(|e| self.err(e))?;
+        *wait_index = Some(resp.node.modified_index + 1);
+        Ok(resp)
+    }
+
     async fn watch(
         &self,
         out: &mut (impl Write + Send),
@@ -585,16 +606,7 @@ impl Ctx {
         forever: bool,
     ) -> Result<(), CtlError> {
         loop {
-            let opts = WatchOptions {
-                recursive,
-                wait_index,
-            };
-            let resp = self
-                .client
-                .watch(key, opts)
-                .await
-                .map_err(|e| self.err(e))?;
-            wait_index = Some(resp.node.modified_index + 1);
+            let resp = self.next_change(key, &mut wait_index, recursive).await?;
             if resp.node.dir {
                 continue;
             }
@@ -617,16 +629,7 @@ impl Ctx {
         recursive: bool,
     ) -> Result<(), CtlError> {
         loop {
-            let opts = WatchOptions {
-                recursive,
-                wait_index,
-            };
-            let resp = self
-                .client
-                .watch(key, opts)
-                .await
-                .map_err(|e| self.err(e))?;
-            wait_index = Some(resp.node.modified_index + 1);
+            let resp = self.next_change(key, &mut wait_index, recursive).await?;
             if resp.node.dir {
                 eprintln!("Ignored dir {} change", resp.node.key);
                 continue;

@@ -304,6 +304,27 @@ async fn write_batches(
     }
 }
 
+/// Keeps the log store told whether this member is the only voter of the effective
+/// membership (see [`LogStore::sole_voter_flag`]). Server metrics change only with the
+/// vote, the role, the leader or the membership, so this wakes rarely.
+async fn track_sole_voter(
+    mut metrics: tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, Member>>,
+    id: NodeId,
+    sole_voter: Arc<AtomicBool>,
+) {
+    loop {
+        let alone = {
+            let m = metrics.borrow_and_update();
+            let mut voters = m.membership_config.membership().voter_ids();
+            voters.next() == Some(id) && voters.next().is_none()
+        };
+        sole_voter.store(alone, Ordering::Relaxed);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Why a linearizable read could not get a read index.
 #[derive(Debug, Clone)]
 enum ReadIndexError {
@@ -426,6 +447,7 @@ impl Node {
             StateMachine::open(&db, &config.data_dir.join("snap")).map_err(raft_err)?;
         let log = LogStore::open(db.clone(), identity.id).map_err(raft_err)?;
         let durable = log.durability();
+        let sole_voter = log.sole_voter_flag();
         let counters = Arc::new(PeerCounters::default());
         // Raft RPCs get a connection pool of their own: its connections are opened from the
         // consensus thread and so are driven there, never by the client runtime.
@@ -482,6 +504,7 @@ impl Node {
 
         let (reads, read_rx) = mpsc::unbounded_channel();
         let on_raft = raft_thread.handle();
+        on_raft.spawn(track_sole_voter(raft.server_metrics(), id, sole_voter));
         on_raft.spawn(read_index_rounds(raft.clone(), read_rx));
         let (writes, write_rx) = mpsc::unbounded_channel();
         let write_permits = Arc::new(tokio::sync::Semaphore::new(WRITE_BATCHES_IN_FLIGHT));
@@ -1169,6 +1192,58 @@ fn render_read(result: Result<v2::ReadView, v2::V2Error>, req: &KeyRequest) -> A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The flag the log store reads is set exactly while this member is the only voter:
+    /// not when another voter joins (also in a joint configuration), nor when it is a
+    /// learner or follower of someone else alone.
+    #[tokio::test]
+    async fn the_sole_voter_flag_follows_the_effective_membership() {
+        use openraft::metrics::RaftServerMetrics;
+        use openraft::{Membership, StoredMembership, Vote};
+        let metrics = |configs: &[&[NodeId]]| RaftServerMetrics {
+            id: 1,
+            vote: Vote::new_committed(1, 1),
+            state: ServerState::Leader,
+            current_leader: Some(1),
+            membership_config: Arc::new(StoredMembership::new(
+                None,
+                Membership::<NodeId, Member>::new(
+                    configs
+                        .iter()
+                        .map(|c| c.iter().copied().collect())
+                        .collect(),
+                    BTreeSet::from([9]),
+                ),
+            )),
+        };
+        let (tx, rx) = tokio::sync::watch::channel(metrics(&[&[2]]));
+        let flag = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(track_sole_voter(rx, 1, flag.clone()));
+        let expect = |want: bool| {
+            let flag = flag.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while flag.load(Ordering::Relaxed) != want {
+                    assert!(Instant::now() < deadline, "flag never became {want}");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        expect(false).await;
+        let cases: [(&[&[NodeId]], bool); 5] = [
+            (&[&[1]], true),
+            (&[&[1], &[1, 2]], false),
+            (&[&[1, 2]], false),
+            (&[&[1]], true),
+            (&[&[2]], false),
+        ];
+        for (configs, alone) in cases {
+            tx.send(metrics(configs)).unwrap();
+            expect(alone).await;
+        }
+        drop(tx);
+        task.await.expect("the task ends with its sender");
+    }
 
     /// The WAL files in a RocksDB directory, by number, with their lengths.
     fn wal_files(dir: &Path) -> BTreeMap<u64, u64> {

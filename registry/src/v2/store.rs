@@ -494,20 +494,12 @@ impl Store {
             Some((_, _, false)) => Known::File,
             Some((_, _, true)) => Known::Unknown,
         };
-        match self.internal_create(p, dir, value, false, true, expire, Action::Set, now, known) {
-            Ok(mut e) => {
-                e.etcd_index = self.current_index;
-                e.prev_node = prev.map(|(_, ext, _)| ext);
-                e.refresh = refresh;
-                self.bump(Op::Set, true);
-                self.publish(&e);
-                Ok(e)
-            }
-            Err(err) => {
-                self.bump(Op::Set, false);
-                Err(err)
-            }
-        }
+        let created =
+            self.internal_create(p, dir, value, false, true, expire, Action::Set, now, known);
+        self.finish_create(Op::Set, created, |e| {
+            e.prev_node = prev.map(|(_, ext, _)| ext);
+            e.refresh = refresh;
+        })
     }
 
     fn create(
@@ -519,8 +511,7 @@ impl Store {
         expire: Option<i64>,
         now: i64,
     ) -> Result<Event, V2Error> {
-        let known = Known::Unknown;
-        match self.internal_create(
+        let created = self.internal_create(
             p,
             dir,
             value,
@@ -529,19 +520,31 @@ impl Store {
             expire,
             Action::Create,
             now,
-            known,
-        ) {
-            Ok(mut e) => {
-                e.etcd_index = self.current_index;
-                self.bump(Op::Create, true);
-                self.publish(&e);
-                Ok(e)
-            }
+            Known::Unknown,
+        );
+        self.finish_create(Op::Create, created, |_| {})
+    }
+
+    /// The common end of set and create: count the outcome and, on success, stamp the
+    /// event with the store index, let `fill` add what the action reports, and publish it.
+    fn finish_create(
+        &mut self,
+        op: Op,
+        created: Result<Event, V2Error>,
+        fill: impl FnOnce(&mut Event),
+    ) -> Result<Event, V2Error> {
+        let mut e = match created {
+            Ok(e) => e,
             Err(err) => {
-                self.bump(Op::Create, false);
-                Err(err)
+                self.bump(op, false);
+                return Err(err);
             }
-        }
+        };
+        e.etcd_index = self.current_index;
+        fill(&mut e);
+        self.bump(op, true);
+        self.publish(&e);
+        Ok(e)
     }
 
     fn update(
