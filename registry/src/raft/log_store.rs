@@ -207,9 +207,10 @@ impl LogStore {
     }
 
     /// The flag to set while this member is the only voter. A sole voter writes its own
-    /// appends with sync, since there is no replication to overlap the fsync with (one
-    /// member, on this project's machines: p50 0.49 vs 0.51–0.53 ms and 26k vs 19–24k
-    /// writes/s at 64 connections). Either way is safe, so a stale flag costs only time.
+    /// appends with sync, since there is no replication to overlap the fsync with and the
+    /// hand-off to the `wal-sync` thread costs two wake-ups (one member, one connection:
+    /// p50 0.39–0.50 vs 0.46–0.56 ms in interleaved rounds; BENCHMARKS.md). Either way is
+    /// durable, so a stale flag costs only time.
     pub fn sole_voter_flag(&self) -> Arc<AtomicBool> {
         self.sole_voter.clone()
     }
