@@ -445,6 +445,7 @@ impl Node {
 
         let (sm, shared) =
             StateMachine::open(&db, &config.data_dir.join("snap")).map_err(raft_err)?;
+        let sm = sm.answer_only_for(identity.id);
         let log = LogStore::open(db.clone(), identity.id).map_err(raft_err)?;
         let durable = log.durability();
         let sole_voter = log.sole_voter_flag();

@@ -163,6 +163,9 @@ pub struct StateMachine {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     snapshot_counter: u64,
+    /// Set by [`StateMachine::answer_only_for`]: whose entries get their HTTP answers
+    /// rendered (`None`: every entry's).
+    answers_for: Option<NodeId>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
@@ -188,13 +191,16 @@ fn render(
     }
 }
 
-/// Applies one v2 command and renders its HTTP answer.
-fn apply_command(store: &mut Store, cmd: &v2::Command) -> Applied {
+/// Applies one v2 command and, if `answer`, renders its HTTP answer (else an empty one).
+fn apply_command(store: &mut Store, cmd: &v2::Command, answer: bool) -> Applied {
     let no_value = match cmd {
         v2::Command::Key { req, .. } => req.no_value_on_success,
         _ => false,
     };
     let result = store.apply(cmd);
+    if !answer {
+        return Applied::default();
+    }
     let index = store.index();
     render(result, no_value, index)
 }
@@ -220,8 +226,25 @@ impl StateMachine {
             last_applied,
             membership,
             snapshot_counter: 0,
+            answers_for: None,
         };
         Ok((sm, shared))
+    }
+
+    /// Renders the HTTP answers only for entries member `id` proposed as leader. Only the
+    /// member that proposed an entry has clients waiting for its answers (a follower
+    /// forwards writes, and the leader's answers travel back); anywhere else openraft drops
+    /// them, so rendering them, under the state lock, was wasted (about 2.5% of a follower's
+    /// consensus thread under round-robin writes in the eighth session's profile).
+    pub fn answer_only_for(mut self, id: NodeId) -> Self {
+        self.answers_for = Some(id);
+        self
+    }
+
+    /// Are the answers of the entry at `log_id` wanted here?
+    fn answers_wanted(&self, log_id: &LogId) -> bool {
+        self.answers_for
+            .is_none_or(|id| log_id.leader_id.node_id == id)
     }
 }
 
@@ -291,6 +314,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut state = self.shared.lock();
             for entry in entries {
                 last = Some(entry.log_id);
+                let answer = self.answers_wanted(&entry.log_id);
                 let applied = match entry.payload {
                     EntryPayload::Blank => Vec::new(),
                     EntryPayload::Membership(m) => {
@@ -298,11 +322,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Vec::new()
                     }
                     EntryPayload::Normal(Proposal::V2(cmd)) => {
-                        vec![apply_command(&mut state.store, &cmd)]
+                        vec![apply_command(&mut state.store, &cmd, answer)]
                     }
                     EntryPayload::Normal(Proposal::Batch(cmds)) => cmds
                         .iter()
-                        .map(|cmd| apply_command(&mut state.store, cmd))
+                        .map(|cmd| apply_command(&mut state.store, cmd, answer))
                         .collect(),
                     EntryPayload::Normal(Proposal::Attributes {
                         id,
@@ -463,6 +487,32 @@ mod tests {
     fn value_of(state: &AppState, key: &str) -> Option<String> {
         let event = state.store.get(key, false, false, 0).ok()?;
         event.node.and_then(|n| n.value)
+    }
+
+    /// A member renders answers only for the entries it proposed; the state changes alike.
+    #[tokio::test]
+    async fn answers_are_rendered_only_for_the_members_own_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::node::open_db(&dir.path().join("db")).unwrap();
+        let (sm, shared) = StateMachine::open(&db, &dir.path().join("snap")).unwrap();
+        let mut sm = sm.answer_only_for(2);
+        let mut theirs = put(1, "/a", "1");
+        theirs.log_id = LogId::new(openraft::CommittedLeaderId::new(1, 1), 1);
+        let mut ours = put(2, "/b", "2");
+        ours.log_id = LogId::new(openraft::CommittedLeaderId::new(2, 2), 2);
+        let out = sm.apply([theirs, ours]).await.unwrap();
+        assert_eq!(
+            out[0],
+            vec![Applied::default()],
+            "member 1's entry: nobody waits here"
+        );
+        assert_eq!(out[1][0].status, 201);
+        assert_eq!(out[1][0].etcd_index, 2);
+        let body = String::from_utf8(out[1][0].body.clone()).unwrap();
+        assert!(body.contains(r#""key":"/b""#), "{body}");
+        let live = shared.lock();
+        assert_eq!(value_of(&live, "/a").as_deref(), Some("1"));
+        assert_eq!(value_of(&live, "/b").as_deref(), Some("2"));
     }
 
     /// The snapshot is the state as of the moment openraft asked for it, although openraft
