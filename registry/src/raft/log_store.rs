@@ -106,38 +106,38 @@ impl Tail {
             self.bytes += size;
             self.entries.push_back((entry, size));
         }
+        // Oldest first, keeping at least the newest entry.
         while self.entries.len() > 1
             && (self.entries.len() > TAIL_MAX_ENTRIES || self.bytes > TAIL_MAX_BYTES)
         {
-            if let Some((_, size)) = self.entries.pop_front() {
-                self.bytes -= size;
-            }
+            self.remove(..1);
         }
     }
 
     /// The log now ends before `index`.
     fn truncate(&mut self, index: u64) {
-        while self
-            .entries
-            .back()
-            .is_some_and(|(e, _)| e.log_id.index >= index)
-        {
-            if let Some((_, size)) = self.entries.pop_back() {
-                self.bytes -= size;
-            }
+        if let Some(keep) = self.position(index) {
+            self.remove(keep..);
         }
     }
 
     /// The log now starts after `index`.
     fn purge(&mut self, index: u64) {
-        while self
-            .entries
-            .front()
-            .is_some_and(|(e, _)| e.log_id.index <= index)
-        {
-            if let Some((_, size)) = self.entries.pop_front() {
-                self.bytes -= size;
-            }
+        let upto = self.position(index.saturating_add(1));
+        self.remove(..upto.unwrap_or(self.entries.len()));
+    }
+
+    /// Where the entry at `index` is or would be (entries are consecutive): `None` past the
+    /// end.
+    fn position(&self, index: u64) -> Option<usize> {
+        let first = self.first_index()?;
+        let at = usize::try_from(index.saturating_sub(first)).ok()?;
+        (at < self.entries.len()).then_some(at)
+    }
+
+    fn remove(&mut self, range: impl RangeBounds<usize>) {
+        for (_, size) in self.entries.drain(range) {
+            self.bytes -= size;
         }
     }
 
