@@ -364,6 +364,15 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        if rpc.entries.is_empty() {
+            // Most empty AppendEntries carry only a new commit index. openraft asks for them
+            // (one per follower) just before it applies the entries that committed, on this
+            // same thread, and a loopback send costs the sender tens of microseconds (it runs
+            // the receiver's TCP input and wakes it). Let the tasks already runnable here, the
+            // state machine and the client's answer among them, go first (`yield_now` on a
+            // current-thread runtime waits until its queue is empty). Heartbeats lose nothing.
+            tokio::task::yield_now().await;
+        }
         let mut rpc = rpc;
         let last_sent = trim_request(&mut rpc, APPEND_BUDGET_BYTES);
         let res = self
