@@ -74,30 +74,11 @@ impl Durability {
 
     /// Entries up to `index` were written without sync: fsync them soon.
     pub fn request(&self, index: u64) {
-        if self.note(index) {
-            self.kick();
-        }
-    }
-
-    /// Records that the entries up to `index` need an fsync, without waking the sync thread
-    /// ([`Durability::kick`] does; a thread that is awake anyway picks it up by itself).
-    /// Says whether `index` was news (beyond what was asked before), i.e. whether a kick is
-    /// needed.
-    pub fn note(&self, index: u64) -> bool {
         let mut state = self.inner.lock();
-        let news = index > state.requested;
-        if news {
+        if index > state.requested {
             state.requested = index;
+            self.inner.wake.notify_one();
         }
-        news
-    }
-
-    /// Wakes the sync thread for what [`Durability::note`] recorded. A wake-up costs the
-    /// caller some microseconds, which the consensus thread can spend later than at once
-    /// (see `LogStore::append`). The thread rechecks `requested` under the lock before it
-    /// sleeps, so a kick while it is busy is not needed and not lost.
-    pub fn kick(&self) {
-        self.inner.wake.notify_one();
     }
 
     /// Entries up to `index` were written with sync: they are durable already.
@@ -242,27 +223,6 @@ mod tests {
         assert_eq!(d.index(), 9);
         d.request(5);
         assert_eq!(d.index(), 9);
-    }
-
-    /// The leader's log store records an index at once and wakes the thread later; the kick
-    /// syncs everything recorded so far.
-    #[tokio::test]
-    async fn noted_indexes_are_synced_once_kicked() {
-        let (_dir, db) = db();
-        let d = Durability::start(db.clone()).unwrap();
-        d.synced(2);
-        db.put_opt(b"k", b"v", &WriteOptions::default()).unwrap();
-        let waiter = waiting(&d, 6);
-        assert!(d.note(4), "4 is news");
-        assert!(d.note(6), "6 is news");
-        assert!(!d.note(5), "5 was covered by 6");
-        d.kick();
-        finishes(waiter).await;
-        assert_eq!(d.index(), 6);
-        // A kick with nothing new recorded changes nothing.
-        d.kick();
-        assert!(!d.note(6));
-        assert_eq!(d.index(), 6);
     }
 
     /// A follower that had index 10 on disk and then lost its suffix from 6 on must not count

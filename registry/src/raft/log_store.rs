@@ -396,19 +396,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 self.tail().push(written);
                 callback.log_io_completed(Ok(()));
                 if parallel {
-                    if self.durable.note(last) {
-                        // Waking `wal-sync` costs this thread ~15 µs on the VMs measured.
-                        // openraft sends this entry to the followers as soon as this returns,
-                        // and the commit waits for their fsyncs, not for this one (which
-                        // finishes well before they answer), so the wake-up waits until the
-                        // tasks already runnable here, the replication sends among them,
-                        // have run (`yield_now` on a current-thread runtime).
-                        let durable = self.durable.clone();
-                        tokio::spawn(async move {
-                            tokio::task::yield_now().await;
-                            durable.kick();
-                        });
-                    }
+                    self.durable.request(last);
                 } else {
                     self.durable.synced(last);
                 }
