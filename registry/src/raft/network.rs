@@ -370,7 +370,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
             // same thread, and a loopback send costs the sender tens of microseconds (it runs
             // the receiver's TCP input and wakes it). Let the tasks already runnable here, the
             // state machine and the client's answer among them, go first (`yield_now` on a
-            // current-thread runtime waits until its queue is empty). Heartbeats lose nothing.
+            // current-thread runtime waits until its queue is empty). Heartbeats and the
+            // leadership checks of quorum reads (also empty) wait one such pass as well.
             tokio::task::yield_now().await;
         }
         let mut rpc = rpc;
