@@ -171,6 +171,45 @@ fn leader_kill_under_load_loses_nothing_and_fails_over_fast() {
     assert_all_present(cluster.url(leader), "load", &acked);
 }
 
+/// Two followers frozen (SIGSTOP, as a paused VM) while their leader dies resume together,
+/// both with their election timers long overdue, so both may campaign at once. A write must
+/// succeed within 1.2 s of the resume, three times in a row.
+#[test]
+fn paused_followers_resumed_after_the_leader_died_elect_quickly() {
+    let mut cluster = Cluster::start_with(3, &["--election-timeout", "500"]);
+    let probe = http::client(Duration::from_secs(10));
+    for round in 0..3 {
+        let leader = cluster.leader().expect("a leader");
+        let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        for &f in &followers {
+            cluster.pause(f);
+        }
+        cluster.kill(leader);
+        // Long enough for both followers' election timers to run out, even one that openraft
+        // holds back for having seen a longer log once (lease + timeout + 2 x 375 ms here).
+        thread::sleep(Duration::from_secs(2));
+        let resumed_at = Instant::now();
+        cluster.resume_together(&followers);
+        let first_write = support::eventually(Duration::from_secs(10), || {
+            let url = cluster.key_url(followers[round % 2], &format!("/split/{round}"));
+            let r = http::send_with(&probe, "PUT", &url, Some("value=x")).ok()?;
+            (r.status / 100 == 2).then(Instant::now)
+        });
+        let Some(first_write) = first_write else {
+            cluster.dump_logs();
+            panic!("round {round}: no write succeeded within 10 s of the resume");
+        };
+        let took = first_write - resumed_at;
+        eprintln!("round {round}: a write succeeded {took:?} after the resume");
+        if took > Duration::from_millis(1200) {
+            cluster.dump_logs();
+            panic!("round {round}: the election took {took:?} after the resume");
+        }
+        cluster.restart(leader);
+        cluster.wait_ready();
+    }
+}
+
 #[test]
 fn whole_cluster_kill_and_restart_loses_nothing() {
     let mut cluster = Cluster::start(3);

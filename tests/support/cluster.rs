@@ -201,6 +201,16 @@ impl Cluster {
         self.members[i].signal("-CONT");
     }
 
+    /// SIGCONT to several members with one `kill`, so that they resume in step.
+    pub fn resume_together(&self, members: &[usize]) {
+        let pids: Vec<String> = members
+            .iter()
+            .filter_map(|&i| self.members[i].child.as_ref())
+            .map(|c| c.id().to_string())
+            .collect();
+        let _ = Command::new("kill").arg("-CONT").args(&pids).status();
+    }
+
     /// Starts a stopped member again on the same data dir.
     pub fn restart(&mut self, i: usize) {
         assert!(
