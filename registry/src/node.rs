@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{member_id, ClusterState, Config};
 use crate::error::Error;
 use crate::raft::durable::Durability;
+use crate::raft::election::{nudge_elections, Hints};
 use crate::raft::log_store::{LogStore, CF_LOGS, CF_META};
 use crate::raft::network::{NetworkFactory, PeerClient, PeerError};
 use crate::raft::state_machine::{AppState, Shared, StateMachine, CF_SM};
@@ -116,6 +117,8 @@ pub struct Node {
     /// How far this member's log is fsync'ed: a leader acknowledges an entry only after
     /// its own copy is on disk (it writes it in parallel with replication).
     durable: Arc<Durability>,
+    /// What the peer layer tells the election nudger (`raft::election`).
+    pub(crate) election_hints: Arc<Hints>,
 }
 
 /// Why a forward to the leader failed.
@@ -452,7 +455,9 @@ impl Node {
         let counters = Arc::new(PeerCounters::default());
         // Raft RPCs get a connection pool of their own: its connections are opened from the
         // consensus thread and so are driven there, never by the client runtime.
-        let network = NetworkFactory::new(PeerClient::new(), counters.clone());
+        let election_hints = Arc::new(Hints::default());
+        let network =
+            NetworkFactory::new(PeerClient::new(), counters.clone(), election_hints.clone());
         let raft_config = openraft::Config {
             cluster_name: config.initial_cluster_token.clone(),
             heartbeat_interval: config.heartbeat_ms,
@@ -506,6 +511,17 @@ impl Node {
         let (reads, read_rx) = mpsc::unbounded_channel();
         let on_raft = raft_thread.handle();
         on_raft.spawn(track_sole_voter(raft.server_metrics(), id, sole_voter));
+        let elector = raft.clone();
+        on_raft.spawn(nudge_elections(
+            raft.server_metrics(),
+            config.election_ms,
+            config.heartbeat_ms,
+            election_hints.clone(),
+            move || {
+                let raft = elector.clone();
+                async move { raft.trigger().elect().await }
+            },
+        ));
         on_raft.spawn(read_index_rounds(raft.clone(), read_rx));
         let (writes, write_rx) = mpsc::unbounded_channel();
         let write_permits = Arc::new(tokio::sync::Semaphore::new(WRITE_BATCHES_IN_FLIGHT));
@@ -538,6 +554,7 @@ impl Node {
             write_permits,
             draining,
             durable,
+            election_hints,
         }))
     }
 

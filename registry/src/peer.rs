@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use openraft::raft::InstallSnapshotRequest;
+use openraft::raft::{AppendEntriesResponse, InstallSnapshotRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -60,7 +60,14 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>, _peer: SocketAddr) 
         (Method::POST, "/raft/append") => {
             node.counters.recv_append.fetch_add(1, Ordering::Relaxed);
             match decode(req).await {
-                Ok((rpc, bin)) => reply(bin, &node.raft.append_entries(rpc).await),
+                Ok((rpc, bin)) => {
+                    let res = node.raft.append_entries(rpc).await;
+                    // A leader this member follows spoke (not one with an older vote).
+                    if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                        node.election_hints.leader_heard();
+                    }
+                    reply(bin, &res)
+                }
                 Err(r) => r,
             }
         }
@@ -91,9 +98,14 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>, _peer: SocketAddr) 
                 data,
                 done: header.done,
             };
+            let vote = rpc.vote;
+            let res = node.raft.install_snapshot(rpc).await;
+            if matches!(&res, Ok(r) if r.vote == vote) {
+                node.election_hints.leader_heard();
+            }
             // The chunk itself is raw snapshot bytes; the small answer stays JSON, which
             // every version reads.
-            ok_json(&node.raft.install_snapshot(rpc).await)
+            ok_json(&res)
         }
         (Method::POST, "/raft/forward") => match decode::<LeaderRequest>(req).await {
             Ok((lr, bin)) => reply(bin, &node.execute(&lr).await),

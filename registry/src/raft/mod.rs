@@ -8,12 +8,15 @@
 //!   replication, and the durable index a leader waits for before it acknowledges a write.
 //! - [`state_machine`]: the v2 [`Store`](crate::v2::Store) plus member attributes, applied
 //!   in log order; snapshots are persisted so a restart needs the disk alone.
+//! - [`election`]: starts an election openraft would leave waiting too long (a stale
+//!   "greater log" flag, a round that elected no one).
 //! - [`snapshot_file`]: snapshot files in `<data-dir>/snap`, written atomically, checksummed.
 //! - [`network`]: the peer RPC client (HTTP/1.1 to each member's peer URL).
 //! - [`thread`]: the consensus thread all of the above (and the peer listener) run on.
 
 pub mod codec;
 pub mod durable;
+pub mod election;
 // openraft's StorageError is large; it is the error type the storage traits require.
 #[allow(clippy::result_large_err)]
 pub mod log_store;

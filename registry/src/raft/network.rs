@@ -24,6 +24,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::election::Hints;
 use super::{codec, Member, NodeId, TypeConfig};
 use crate::stats::PeerCounters;
 
@@ -239,11 +240,17 @@ pub(crate) const SNAPSHOT_HEADER: &str = "x-berth-snapshot";
 pub struct NetworkFactory {
     client: PeerClient,
     counters: Arc<PeerCounters>,
+    hints: Arc<Hints>,
 }
 
 impl NetworkFactory {
-    pub fn new(client: PeerClient, counters: Arc<PeerCounters>) -> Self {
-        NetworkFactory { client, counters }
+    /// `hints` hears of every vote a peer refused because its log is longer.
+    pub fn new(client: PeerClient, counters: Arc<PeerCounters>, hints: Arc<Hints>) -> Self {
+        NetworkFactory {
+            client,
+            counters,
+            hints,
+        }
     }
 }
 
@@ -256,6 +263,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             base: node.peer_urls.first().cloned().unwrap_or_default(),
             client: self.client.clone(),
             counters: self.counters.clone(),
+            hints: self.hints.clone(),
         }
     }
 }
@@ -266,6 +274,7 @@ pub struct PeerNetwork {
     base: String,
     client: PeerClient,
     counters: Arc<PeerCounters>,
+    hints: Arc<Hints>,
 }
 
 fn to_rpc_error<E: std::error::Error>(target: NodeId, e: PeerError) -> RPCError<NodeId, Member, E> {
@@ -433,7 +442,9 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.rpc("/raft/vote", &rpc, &option).await
+        let resp = self.rpc("/raft/vote", &rpc, &option).await?;
+        self.hints.vote_answered(&rpc, &resp);
+        Ok(resp)
     }
 }
 
