@@ -229,6 +229,11 @@ mod tests {
         metrics(ServerState::Follower, Vote::new_committed(term, 2))
     }
 
+    /// A candidate in `term`.
+    fn candidate(term: u64) -> RaftServerMetrics<NodeId, Member> {
+        metrics(ServerState::Candidate, Vote::new(term, 1))
+    }
+
     fn start(
         initial: RaftServerMetrics<NodeId, Member>,
         hints: Arc<Hints>,
@@ -329,9 +334,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(count(&calls), 1, "once per state");
         // The campaign moved it on (a candidate in term 4) and that round split: it campaigns
-        // again after a fresh delay, not before 10 ms.
-        tx.send(metrics(ServerState::Candidate, Vote::new(4, 1)))
-            .unwrap();
+        // again after a fresh delay.
+        tx.send(candidate(4)).unwrap();
         calls_reach(&calls, 2).await;
         drop(tx);
         task.await.expect("ends with its sender");
@@ -343,8 +347,7 @@ mod tests {
         let (tx, calls, task) = start(follower(3), hints.clone());
         heartbeats(&hints, 200).await;
         // openraft campaigns by itself, and wins within the nudge delay.
-        tx.send(metrics(ServerState::Candidate, Vote::new(4, 1)))
-            .unwrap();
+        tx.send(candidate(4)).unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         tx.send(metrics(ServerState::Leader, Vote::new_committed(4, 1)))
             .unwrap();
@@ -364,8 +367,7 @@ mod tests {
         let (tx, calls, task) = start(follower(3), hints.clone());
         heartbeats(&hints, 100).await;
         // The leader dies; this member campaigns (openraft) and a longer log refuses it.
-        tx.send(metrics(ServerState::Candidate, Vote::new(4, 1)))
-            .unwrap();
+        tx.send(candidate(4)).unwrap();
         refusal(&hints, 10, 11, false);
         tokio::time::sleep(Duration::from_millis(500)).await;
         // It adopted the longer log's vote for the next term: still held back.
