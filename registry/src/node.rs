@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{member_id, ClusterState, Config};
 use crate::error::Error;
 use crate::raft::durable::Durability;
-use crate::raft::election::{nudge_elections, Hints};
+use crate::raft::election::{nudge_elections, Hints, Timing};
 use crate::raft::log_store::{LogStore, CF_LOGS, CF_META};
 use crate::raft::network::{NetworkFactory, PeerClient, PeerError};
 use crate::raft::state_machine::{AppState, Shared, StateMachine, CF_SM};
@@ -475,6 +475,7 @@ impl Node {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(raft_err)?);
+        let timing = Timing::from_config(&raft_config);
         // openraft spawns its tasks on the runtime that creates it: the consensus thread.
         let raft_thread = Arc::new(RaftThread::start("raft")?);
         let id = identity.id;
@@ -514,8 +515,7 @@ impl Node {
         let elector = raft.clone();
         on_raft.spawn(nudge_elections(
             raft.server_metrics(),
-            config.election_ms,
-            config.heartbeat_ms,
+            timing,
             election_hints.clone(),
             move || {
                 let raft = elector.clone();

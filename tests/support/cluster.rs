@@ -55,14 +55,6 @@ impl MemberProc {
         self.child.is_some()
     }
 
-    fn signal(&self, sig: &str) {
-        if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .args([sig, &child.id().to_string()])
-                .status();
-        }
-    }
-
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
@@ -191,24 +183,32 @@ impl Cluster {
         }
     }
 
-    /// SIGSTOP: the process stays but answers nothing.
-    pub fn pause(&self, i: usize) {
-        self.members[i].signal("-STOP");
-    }
-
-    /// SIGCONT.
-    pub fn resume(&self, i: usize) {
-        self.members[i].signal("-CONT");
-    }
-
-    /// SIGCONT to several members with one `kill`, so that they resume in step.
-    pub fn resume_together(&self, members: &[usize]) {
+    /// Sends `sig` to the running ones of `members` with one `kill`, so that they get it
+    /// in step.
+    fn signal(&self, sig: &str, members: &[usize]) {
         let pids: Vec<String> = members
             .iter()
             .filter_map(|&i| self.members[i].child.as_ref())
             .map(|c| c.id().to_string())
             .collect();
-        let _ = Command::new("kill").arg("-CONT").args(&pids).status();
+        if !pids.is_empty() {
+            let _ = Command::new("kill").arg(sig).args(&pids).status();
+        }
+    }
+
+    /// SIGSTOP: the process stays but answers nothing.
+    pub fn pause(&self, i: usize) {
+        self.signal("-STOP", &[i]);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self, i: usize) {
+        self.signal("-CONT", &[i]);
+    }
+
+    /// SIGCONT to several members at once, so that they resume in step.
+    pub fn resume_together(&self, members: &[usize]) {
+        self.signal("-CONT", members);
     }
 
     /// Starts a stopped member again on the same data dir.
